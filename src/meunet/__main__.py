@@ -1,0 +1,5 @@
+import sys
+
+from meunet.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``meunet`` command line: a thin layer over the library."""

@@ -1,0 +1,1 @@
+"""Data: volume I/O, the dataset spec and its check, the synthetic phantom."""

@@ -1,0 +1,204 @@
+"""``meunet check``: validate a dataset before any training.
+
+Every case is opened, compared and streamed slab by slab (bounded memory,
+whatever the volume size). All problems are collected, each naming the case,
+the file and the fix, so that one run lists everything to repair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from meunet.data.io import open_volume
+from meunet.data.spec import Case, DatasetSpec
+from meunet.data.volume import Volume
+from meunet.errors import MeunetError
+
+SPACING_RTOL = 1e-3
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the dataset."""
+
+    case: str | None
+    file: str | None
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (f"case {self.case}:" if self.case else "", f"{self.file}:" if self.file else "") if p)
+        return f"{where} {self.message}; fix: {self.fix}".strip()
+
+
+@dataclass
+class CaseSummary:
+    """What ``check`` learnt of one case."""
+
+    id: str
+    split: str
+    shape: tuple[int, int, int] | None = None
+    spacing: tuple[float, float, float] | None = None
+    dtypes: list[str] = field(default_factory=list)
+    ranges: list[tuple[float, float]] = field(default_factory=list)
+    class_counts: list[int] | None = None
+
+
+@dataclass
+class CheckReport:
+    """Summaries of all cases and every problem found."""
+
+    spec: DatasetSpec
+    cases: list[CaseSummary]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def table(self) -> str:
+        """The cases as a fixed-width text table."""
+        spec = self.spec
+        head = ["case", "split", "shape (z,y,x)", "spacing (z,y,x)", "dtype"]
+        head += [f"{c} range" for c in spec.channels] + [f"{c} voxels" for c in spec.classes]
+        rows = [head]
+        for s in self.cases:
+            row = [
+                s.id,
+                s.split,
+                "x".join(map(str, s.shape)) if s.shape else "?",
+                ", ".join(f"{v:g}" for v in s.spacing) if s.spacing else "?",
+                "/".join(sorted(set(s.dtypes))) or "?",
+            ]
+            row += [f"{lo:.4g}..{hi:.4g}" for lo, hi in s.ranges] + ["?"] * (len(spec.channels) - len(s.ranges))
+            if s.class_counts is not None:
+                total = max(sum(s.class_counts), 1)
+                row += [f"{n} ({100 * n / total:.2f}%)" for n in s.class_counts]
+            else:
+                row += ["-"] * len(spec.classes)
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _open_all(case: Case, spec: DatasetSpec, problems: list[Problem]) -> tuple[list[Volume], Volume | None]:
+    images: list[Volume] = []
+    for path in case.images:
+        try:
+            images.append(open_volume(path, spacing=spec.spacing))
+        except MeunetError as e:
+            problems.append(Problem(case.id, str(path), str(e).removeprefix(f"{path}: "), "repair or re-export the file, or correct its path in the spec"))
+    label = None
+    if case.label is not None:
+        try:
+            label = open_volume(case.label, spacing=spec.spacing)
+        except MeunetError as e:
+            problems.append(Problem(case.id, str(case.label), str(e).removeprefix(f"{case.label}: "), "repair or re-export the label file, or correct its path in the spec"))
+    return images, label
+
+
+def _same_geometry(
+    case: Case, images: list[Volume], label: Volume | None, problems: list[Problem]
+) -> bool:
+    ref = images[0]
+    others = [("channel", v) for v in images[1:]] + ([("label", label)] if label else [])
+    ok = True
+    for what, v in others:
+        if v.shape != ref.shape:
+            msg = f"{what} shape {v.shape} differs from image shape {ref.shape} (of {ref.path})"
+            problems.append(Problem(case.id, v.path, msg, "resample or crop the files of this case to one grid"))
+            ok = False
+        elif not np.allclose(v.spacing, ref.spacing, rtol=SPACING_RTOL):
+            msg = f"{what} spacing {v.spacing} differs from image spacing {ref.spacing} (of {ref.path})"
+            fix = "fix the file headers, or set 'spacing:' in the dataset spec to override them"
+            problems.append(Problem(case.id, v.path, msg, fix))
+            ok = False
+    return ok
+
+
+def _image_stats(case: Case, vol: Volume, problems: list[Problem], bar: tqdm) -> tuple[float, float] | None:
+    if vol.dtype.kind not in "biuf":
+        problems.append(Problem(case.id, vol.path, f"image dtype {vol.dtype} is not a real number type", "save the image as integers or floats"))
+        return None
+    lo, hi, nonfinite = np.inf, -np.inf, 0
+    for _, slab in vol.slabs():
+        if slab.dtype.kind == "f":
+            finite = np.isfinite(slab)
+            nonfinite += int(slab.size - np.count_nonzero(finite))
+            slab = slab[finite]
+        if slab.size:
+            lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+        bar.update(1)
+    if nonfinite:
+        problems.append(Problem(case.id, vol.path, f"image holds {nonfinite} NaN or Inf voxels", "replace them (e.g. with the background value) before training"))
+    if lo >= hi:
+        problems.append(Problem(case.id, vol.path, f"image is constant (every voxel is {lo:g}): empty or failed export", "re-export the image"))
+    return float(lo), float(hi)
+
+
+def _label_counts(case: Case, vol: Volume, spec: DatasetSpec, problems: list[Problem], bar: tqdm) -> list[int] | None:
+    if vol.dtype.kind not in "biuf":
+        problems.append(Problem(case.id, vol.path, f"label dtype {vol.dtype} is not numeric", "save labels as integers"))
+        return None
+    values: dict[float, int] = {}
+    for _, slab in vol.slabs():
+        u, n = np.unique(slab, return_counts=True)
+        for v, c in zip(u.tolist(), n.tolist(), strict=True):
+            values[v] = values.get(v, 0) + c
+        bar.update(1)
+    undeclared = sorted(v for v in values if not np.isfinite(v) or float(v) not in spec.label_map)
+    if undeclared:
+        shown = ", ".join(f"{v:g}" for v in undeclared[:10]) + (" ..." if len(undeclared) > 10 else "")
+        declared = ", ".join(f"{v:g}" for v in sorted(spec.label_map))
+        problems.append(Problem(case.id, vol.path, f"label values {{{shown}}} are not declared (declared: {{{declared}}})", "add them to label_map in the dataset spec, or correct the label file"))
+        return None
+    counts = [0] * spec.num_classes
+    for v, c in values.items():
+        counts[spec.label_map[float(v)]] += c
+    return counts
+
+
+def _n_slabs(vols: Iterable[Volume]) -> int:
+    from meunet.data.volume import slab_depth
+
+    return sum(-(-v.shape[0] // slab_depth(v.shape, v.dtype)) for v in vols)
+
+
+def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
+    """Validate every case of ``spec``; return summaries and all problems found."""
+    problems: list[Problem] = []
+    summaries: list[CaseSummary] = []
+    for case in spec.cases.values():
+        summary = CaseSummary(case.id, spec.split_of(case.id))
+        summaries.append(summary)
+        images, label = _open_all(case, spec, problems)
+        if len(images) != len(case.images):
+            continue
+        vols = images + ([label] if label is not None else [])
+        summary.shape, summary.spacing = images[0].shape, images[0].spacing
+        summary.dtypes = [str(v.dtype) for v in vols]
+        if not _same_geometry(case, images, label, problems):
+            continue
+        with tqdm(total=_n_slabs(vols), desc=f"check {case.id}", unit="slab", disable=not progress, leave=False) as bar:
+            for vol in images:
+                rng = _image_stats(case, vol, problems, bar)
+                summary.ranges.append(rng if rng is not None else (np.nan, np.nan))
+            if label is not None:
+                summary.class_counts = _label_counts(case, label, spec, problems, bar)
+        for v in vols:
+            v.close()
+
+    train = set(spec.training_ids())
+    counted = [s.class_counts for s in summaries if s.id in train and s.class_counts is not None]
+    if counted and len(counted) == len(train):
+        totals = np.sum(counted, axis=0)
+        for k, name in enumerate(spec.classes):
+            if totals[k] == 0:
+                problems.append(Problem(None, str(spec.path), f"class {k} ({name!r}) is absent from every training case", "add a training case that contains it, fix the label_map, or remove the class"))
+    return CheckReport(spec, summaries, problems)

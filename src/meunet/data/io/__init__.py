@@ -1,0 +1,200 @@
+"""Open and write 3D volumes in the formats microCT and medical users have.
+
+``open_volume(path)`` returns a lazy :class:`~meunet.data.volume.Volume` whose
+slicing reads only the crop asked for; ``write_volume(path, data)`` writes an
+array or a lazy volume, slab by slab where the format allows.
+
+=============  =========================================  ============  ============
+format         paths                                      lazy crops    streamed write
+=============  =========================================  ============  ============
+Zarr, OME-Zarr ``x.zarr``, ``x.ome.zarr`` (v3 and v2)      yes           yes
+HDF5           ``x.h5``, ``x.h5:/group/dataset``           yes           yes
+NumPy          ``x.npy`` (memory-mapped)                   yes           yes
+TIFF           ``x.tif`` (multi-page), folder of slices    yes*          yes
+NIfTI          ``x.nii``; ``x.nii.gz``                     ``.nii`` only no
+NRRD           ``x.nrrd``, ``x.seg.nrrd``, ``x.nhdr``      raw only      no
+=============  =========================================  ============  ============
+
+(*) uncompressed multi-page TIFF is memory-mapped; compressed TIFF and slice
+folders read whole 2D pages of the z-range asked for.
+
+Gzip streams cannot be read at random: a crop of a ``.nii.gz`` or gzip
+``.nrrd`` decompresses the file up to the crop. Convert such volumes once with
+``meunet convert IN OUT.zarr`` before training or predicting on them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meunet.data.io.zarr_io import ZarrSlabWriter, open_zarr, write_zarr
+from meunet.data.volume import Spacing, Volume, as_spacing
+from meunet.errors import VolumeError
+
+__all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "write_volume"]
+
+FORMATS = ("zarr", "hdf5", "numpy", "tiff", "nifti", "nrrd")
+_SUFFIXES = {
+    ".nii": "nifti", ".nii.gz": "nifti",
+    ".nrrd": "nrrd", ".nhdr": "nrrd", ".seg.nrrd": "nrrd",
+    ".tif": "tiff", ".tiff": "tiff",
+    ".zarr": "zarr", ".ome.zarr": "zarr",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".npy": "numpy",
+}  # fmt: skip
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+_SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF slices"
+
+
+def split_hdf5_path(path: str) -> tuple[str, str | None]:
+    """Split ``file.h5:/dataset`` into the file and the dataset (None if absent)."""
+    for ext in (".h5", ".hdf5", ".hdf"):
+        i = path.lower().find(ext + ":")
+        if i >= 0:
+            return path[: i + len(ext)], path[i + len(ext) + 1 :] or None
+    return path, None
+
+
+def detect_format(path: str | Path, must_exist: bool = True) -> str:
+    """Name the format of ``path`` from its suffix (and, for folders, its content)."""
+    text = str(path).rstrip("/")
+    file_part, _ = split_hdf5_path(text)
+    name = os.path.basename(file_part).lower()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _SUFFIXES[suffix]
+    if must_exist and os.path.isdir(text):
+        if any(os.path.exists(os.path.join(text, m)) for m in _ZARR_MARKERS):
+            return "zarr"
+        return "tiff"
+    if not must_exist and (name == "" or "." not in name):
+        return "tiff"  # a new folder of slices
+    raise VolumeError(f"{path}: unknown volume format; meunet reads {_SUPPORTED}")
+
+
+def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
+    """Open a 3D volume lazily, whatever its format.
+
+    Args:
+        path: File or folder; HDF5 takes ``file.h5:/dataset``.
+        spacing: (z, y, x) voxel size overriding the one stored in the file.
+
+    Returns:
+        A :class:`Volume` whose slicing reads only the crop asked for
+        (see the module table for the formats where that is not possible).
+
+    Raises:
+        VolumeError: missing, unreadable, corrupt or non-3D files, with the path.
+
+    Example:
+        >>> vol = open_volume("fly01.zarr")            # doctest: +SKIP
+        >>> vol.shape, vol.spacing                     # doctest: +SKIP
+        ((1072, 470, 470), (2.95, 2.95, 2.95))
+    """
+    text = str(path)
+    fmt = detect_format(text)
+    file_part, _ = split_hdf5_path(text)
+    if not os.path.exists(file_part):
+        raise VolumeError(
+            f"{file_part}: file not found; check the path "
+            "(paths in a dataset.yaml are relative to the folder of that file)"
+        )
+    try:
+        vol = _open(fmt, text)
+    except VolumeError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # every reader library fails on corrupt files in its own way
+        raise VolumeError(
+            f"{text}: cannot read this {fmt} file ({type(e).__name__}: {e}); "
+            f"it is corrupt or truncated, or not really a {fmt} file: re-export or re-copy it"
+        ) from e
+    if spacing is not None:
+        vol.spacing = as_spacing(spacing, text)
+    return vol
+
+
+def _open(fmt: str, path: str) -> Volume:
+    if fmt == "zarr":
+        return open_zarr(path)
+    if fmt == "hdf5":
+        from meunet.data.io.hdf5_io import open_hdf5
+
+        return open_hdf5(path)
+    if fmt == "numpy":
+        from meunet.data.io.numpy_io import open_npy
+
+        return open_npy(path)
+    if fmt == "tiff":
+        from meunet.data.io.tiff_io import open_tiff
+
+        return open_tiff(path)
+    if fmt == "nifti":
+        from meunet.data.io.nifti_io import open_nifti
+
+        return open_nifti(path)
+    from meunet.data.io.nrrd_io import open_nrrd
+
+    return open_nrrd(path)
+
+
+def write_volume(
+    path: str | Path,
+    data: np.ndarray | Volume,
+    spacing: Spacing | None = None,
+    origin: Spacing | None = None,
+    **kwargs: Any,
+) -> None:
+    """Write a 3D array or lazy volume; the format follows the suffix.
+
+    Zarr, HDF5, NumPy and TIFF are written slab by slab, so a lazy volume
+    larger than RAM can be written; NIfTI and NRRD need the whole array.
+    Files are written under a temporary name and renamed when complete;
+    Zarr arrays are marked complete when done. Spacing and origin default to
+    those of ``data`` when it is a :class:`Volume`, else to 1 and 0.
+
+    Args:
+        path: Output path; HDF5 takes ``file.h5:/dataset`` (default ``/volume``).
+        data: (z, y, x) array or :class:`Volume`.
+        spacing: (z, y, x) voxel size.
+        origin: (z, y, x) position of the first voxel.
+        **kwargs: Format options (Zarr: ``chunks``, ``zarr_format``, ``ome``;
+            HDF5: ``chunks``, ``compression``; TIFF: ``compression``).
+    """
+    if getattr(data, "ndim", None) != 3:
+        raise ValueError(f"{path}: meunet writes 3D volumes, got shape {getattr(data, 'shape', '?')}")
+    if spacing is None:
+        spacing = data.spacing if isinstance(data, Volume) else (1.0, 1.0, 1.0)
+    if origin is None:
+        origin = data.origin if isinstance(data, Volume) else (0.0, 0.0, 0.0)
+    spacing = as_spacing(spacing, str(path))
+    fmt = detect_format(path, must_exist=False)
+    parent = Path(split_hdf5_path(str(path))[0]).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "zarr":
+        write_zarr(path, data, spacing, origin, **kwargs)
+    elif fmt == "hdf5":
+        from meunet.data.io.hdf5_io import write_hdf5
+
+        write_hdf5(str(path), data, spacing, origin, **kwargs)
+    elif fmt == "numpy":
+        from meunet.data.io.numpy_io import write_npy
+
+        write_npy(str(path), data, spacing, origin)
+    elif fmt == "tiff":
+        from meunet.data.io.tiff_io import write_tiff
+
+        write_tiff(str(path), data, spacing, origin, **kwargs)
+    elif fmt == "nifti":
+        from meunet.data.io.nifti_io import write_nifti
+
+        write_nifti(str(path), np.asarray(data), spacing, origin, **kwargs)
+    else:
+        from meunet.data.io.nrrd_io import write_nrrd
+
+        write_nrrd(str(path), np.asarray(data), spacing, origin, **kwargs)

@@ -1,0 +1,176 @@
+"""TIFF volumes: one multi-page file, or a folder of 2D slices in natural sort order.
+
+An uncompressed multi-page file is memory-mapped, so a crop reads only its
+bytes; a compressed file or a folder of slices reads the whole 2D pages of the
+z-range asked for. Voxel size comes from meunet's own JSON description
+(``spacing`` in z, y, x), else from ImageJ's ``spacing`` and the X/Y
+resolution tags, else it is 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from natsort import natsorted
+
+from meunet.data.io.atomic import atomic_path
+from meunet.data.volume import Slices, Spacing, Volume, as_spacing, memmap_reader, slab_depth
+from meunet.errors import VolumeError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _resolution_spacing(page: Any) -> tuple[float, float] | None:
+    try:
+        xn, xd = page.tags["XResolution"].value
+        yn, yd = page.tags["YResolution"].value
+    except KeyError:
+        return None
+    if xn <= 0 or yn <= 0 or (xn == xd == 1 and yn == yd == 1):
+        return None
+    return yd / yn, xd / xn
+
+
+def _spacing_origin(tif: tifffile.TiffFile, path: str, z_default: float = 1.0) -> tuple[Spacing, Spacing]:
+    origin: Spacing = (0.0, 0.0, 0.0)
+    shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    if "origin" in shaped:
+        o = shaped["origin"]
+        origin = (float(o[0]), float(o[1]), float(o[2]))
+    if "spacing" in shaped and len(shaped["spacing"]) == 3:
+        return as_spacing(shaped["spacing"], path), origin
+    yx = _resolution_spacing(tif.pages[0]) or (1.0, 1.0)
+    z = z_default
+    if tif.imagej_metadata and "spacing" in tif.imagej_metadata:
+        z = float(tif.imagej_metadata["spacing"])
+    return as_spacing((z, yx[0], yx[1]), path), origin
+
+
+def _check_3d(shape: tuple[int, ...], path: str, axes: str = "") -> tuple[int, int, int]:
+    squeezed = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+    if len(squeezed) == 2:
+        squeezed = (1, *squeezed)
+    if len(squeezed) != 3:
+        raise VolumeError(
+            f"{path}: TIFF holds an image of shape {shape} (axes {axes or '?'}); meunet reads "
+            "single-channel 3D stacks: save one grey-level channel per file"
+        )
+    return (squeezed[0], squeezed[1], squeezed[2])
+
+
+def open_tiff(path: str) -> Volume:
+    """Open a multi-page TIFF file, or a folder of 2D TIFF slices."""
+    if os.path.isdir(path):
+        return _open_folder(path)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape = _check_3d(tuple(series.shape), path, series.axes)
+        dtype = np.dtype(series.dtype)
+        spacing, origin = _spacing_origin(tif, path)
+    try:
+        mm = tifffile.memmap(path, mode="r")
+        if mm.shape != shape:
+            mm = mm.reshape(shape)
+    except ValueError:  # compressed or scattered pages: read page by page
+        mm = None
+
+    def read_pages(slices: Slices) -> np.ndarray:
+        pages = list(range(shape[0]))[slices[0]]
+        data = tifffile.imread(path, key=pages).reshape(len(pages), shape[1], shape[2])
+        return data[:, slices[1], slices[2]]
+
+    return Volume(
+        path=path, shape=shape, dtype=dtype, spacing=spacing, origin=origin,
+        read_crop=memmap_reader(mm) if mm is not None else read_pages, format="tiff",
+        meta={"memmap": mm is not None},
+    )
+
+
+def slice_files(folder: str) -> list[str]:
+    """TIFF files of a folder in natural sort order (slice_2 before slice_10)."""
+    names = [n for n in os.listdir(folder) if n.lower().endswith(TIFF_SUFFIXES) and not n.startswith(".")]
+    return [os.path.join(folder, n) for n in natsorted(names)]
+
+
+def _open_folder(folder: str) -> Volume:
+    files = slice_files(folder)
+    if not files:
+        raise VolumeError(f"{folder}: folder holds no .tif/.tiff slices")
+    with tifffile.TiffFile(files[0]) as tif:
+        page_shape = tuple(tif.series[0].shape)
+        dtype = np.dtype(tif.series[0].dtype)
+        spacing, origin = _spacing_origin(tif, files[0])
+    if len(page_shape) != 2:
+        raise VolumeError(f"{files[0]}: slice has shape {page_shape}; a folder of slices needs 2D grey-level images")
+    for f in files[1:]:
+        with tifffile.TiffFile(f) as tif:
+            s, d = tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
+        if s != page_shape or d != dtype:
+            raise VolumeError(
+                f"{f}: slice has shape {s} and dtype {d}, but {os.path.basename(files[0])} has "
+                f"{page_shape} and {dtype}; every slice of {folder} must match (remove strays)"
+            )
+
+    def read_crop(slices: Slices) -> np.ndarray:
+        chosen = files[slices[0]]
+        yx = tuple(len(range(s.start, s.stop, s.step)) for s in slices[1:])
+        out = np.empty((len(chosen), *yx), dtype=dtype)
+        for i, f in enumerate(chosen):
+            out[i] = tifffile.imread(f)[slices[1], slices[2]]
+        return out
+
+    return Volume(
+        path=folder, shape=(len(files), page_shape[0], page_shape[1]), dtype=dtype,
+        spacing=spacing, origin=origin, read_crop=read_crop, format="tiff",
+        meta={"slices": len(files)},
+    )
+
+
+def write_tiff(
+    path: str,
+    data: np.ndarray | Volume,
+    spacing: Spacing,
+    origin: Spacing,
+    compression: str | None = None,
+    **_: Any,
+) -> None:
+    """Write a multi-page file (suffix .tif/.tiff) or a folder of slices (no suffix).
+
+    Pages are written one slab at a time; uncompressed by default so that the
+    file can be memory-mapped when read.
+    """
+    meta = {"spacing": list(spacing), "origin": [float(v) for v in origin], "axes": "ZYX"}
+    resolution = (1.0 / spacing[2], 1.0 / spacing[1])
+    depth = slab_depth(data.shape, data.dtype)
+
+    def pages() -> Any:
+        for z0 in range(0, data.shape[0], depth):
+            yield from np.asarray(data[z0 : z0 + depth])
+
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        with atomic_path(path) as tmp:
+            with tifffile.TiffWriter(tmp, bigtiff=data.nbytes > 2**31 - 2**25) as tw:
+                tw.write(
+                    pages(), shape=tuple(data.shape), dtype=data.dtype, metadata=meta,
+                    resolution=resolution, compression=compression,
+                )
+        return
+    # a folder of slices, built beside the target and renamed when complete
+    head, tail = os.path.split(path.rstrip("/"))
+    tmp = os.path.join(head, f".{tail}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    width = max(4, len(str(data.shape[0] - 1)))
+    for z, page in enumerate(pages()):
+        tifffile.imwrite(
+            os.path.join(tmp, f"slice_{z:0{width}d}.tif"), page,
+            metadata={**meta, "axes": "YX"}, resolution=resolution, compression=compression,
+        )
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -1,0 +1,20 @@
+"""Errors a user can act on.
+
+Every error meunet raises on bad input is a :class:`MeunetError` whose message
+names what was wrong (the file, the case) and how to fix it. The command line
+prints the message alone, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MeunetError(Exception):
+    """Base class for errors caused by input a user can fix."""
+
+
+class VolumeError(MeunetError):
+    """A volume file is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+class SpecError(MeunetError):
+    """A dataset specification (``dataset.yaml``) is invalid."""

@@ -1,0 +1,329 @@
+"""Round trips of every format, reading files made by other tools, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from meunet.data.io import ZarrSlabWriter, detect_format, open_volume, write_volume
+from meunet.data.volume import normalize_key
+from meunet.errors import VolumeError
+
+SPACING = (2.5, 0.75, 0.5)
+ORIGIN = (10.0, -4.0, 3.25)
+
+# (file name, write options): every writer, and the variants readers meet
+TARGETS = [
+    ("v.zarr", {}),
+    ("v2.zarr", {"zarr_format": 2}),
+    ("v.ome.zarr", {}),
+    ("v2.ome.zarr", {"zarr_format": 2}),
+    ("v.h5", {}),
+    ("v.h5:/group/scan", {}),
+    ("v.npy", {}),
+    ("v.tif", {}),
+    ("vz.tif", {"compression": "zlib"}),
+    ("slices", {}),
+    ("v.nii", {}),
+    ("v.nii.gz", {}),
+    ("v.nrrd", {}),
+    ("vgz.nrrd", {"encoding": "gzip"}),
+    ("v.seg.nrrd", {}),
+]
+DTYPES = ["uint8", "int16", "uint16", "float32", "float64"]
+
+
+def _data(dtype: str, shape: tuple[int, int, int] = (9, 13, 17)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    return rng.integers(0, 200, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "options"), TARGETS, ids=[t[0] for t in TARGETS])
+def test_round_trip(tmp_path: Path, name: str, options: dict, dtype: str) -> None:
+    if name.endswith(".seg.nrrd") and np.dtype(dtype).kind == "f":
+        pytest.skip("a segmentation holds integer labels")
+    data = _data(dtype)
+    path = str(tmp_path / name)
+    write_volume(path, data, spacing=SPACING, origin=ORIGIN, **options)
+    with open_volume(path) as vol:
+        assert vol.shape == data.shape
+        assert vol.dtype == data.dtype
+        assert vol.spacing == pytest.approx(SPACING)
+        assert vol.origin == pytest.approx(ORIGIN)
+        np.testing.assert_array_equal(vol[...], data)
+        np.testing.assert_array_equal(vol[2:7, 1:12:3, 5:], data[2:7, 1:12:3, 5:])
+        np.testing.assert_array_equal(vol[4, :, -1], data[4, :, -1])
+        np.testing.assert_array_equal(np.asarray(vol), data)
+
+
+def test_round_trip_of_a_lazy_volume_streams_between_formats(tmp_path: Path) -> None:
+    data = _data("int16", (70, 20, 30))
+    write_volume(tmp_path / "a.nii.gz", data, spacing=SPACING)
+    src = open_volume(tmp_path / "a.nii.gz")
+    for name in ("b.zarr", "b.h5", "b.npy", "b.tif"):
+        write_volume(tmp_path / name, src)  # spacing and origin come from the source volume
+        out = open_volume(tmp_path / name)
+        assert out.spacing == pytest.approx(SPACING)
+        np.testing.assert_array_equal(out[...], data)
+
+
+@pytest.mark.parametrize(
+    ("key", "slices", "dropped"),
+    [
+        (np.s_[...], (slice(0, 10, 1), slice(0, 20, 1), slice(0, 30, 1)), ()),
+        (np.s_[5], (slice(5, 6, 1), slice(0, 20, 1), slice(0, 30, 1)), (0,)),
+        (np.s_[-1, ..., 2:4], (slice(9, 10, 1), slice(0, 20, 1), slice(2, 4, 1)), (0,)),
+        (np.s_[3:100, -5:, ::7], (slice(3, 10, 1), slice(15, 20, 1), slice(0, 30, 7)), ()),
+        (np.s_[8:3], (slice(8, 8, 1), slice(0, 20, 1), slice(0, 30, 1)), ()),
+    ],
+)
+def test_normalize_key(key: object, slices: tuple, dropped: tuple) -> None:
+    assert normalize_key(key, (10, 20, 30)) == (slices, dropped)
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [
+        (np.s_[::-1], "positive slice steps"),
+        (np.s_[10], "out of bounds"),
+        (np.s_[0, 0, 0, 0], "too many indices"),
+        (np.s_[[1, 2]], "unsupported index"),
+        (np.s_[..., 0, ...], "single ellipsis"),
+    ],
+)
+def test_normalize_key_rejects(key: object, match: str) -> None:
+    with pytest.raises(IndexError, match=match):
+        normalize_key(key, (10, 20, 30))
+
+
+def test_empty_crop(tmp_path: Path) -> None:
+    write_volume(tmp_path / "v.zarr", _data("uint8"))
+    assert open_volume(tmp_path / "v.zarr")[5:5].shape == (0, 13, 17)
+
+
+# ---- files written by other tools -------------------------------------------------
+
+
+def test_ome_zarr_v04_with_channel_and_time_axes(tmp_path: Path) -> None:
+    data = _data("uint16", (6, 8, 10))
+    group = zarr.open_group(tmp_path / "img.ome.zarr", mode="w", zarr_format=2)
+    group.create_array("s0", data=data[None, None])
+    group.create_array("s1", data=data[None, None, ::2, ::2, ::2])
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+                 {"name": "z", "type": "space", "unit": "micrometer"},
+                 {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [
+            {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 2.95, 1.5, 1.5]}]},
+            {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 5.9, 3, 3]}]},
+        ],
+    }]  # fmt: skip
+    vol = open_volume(tmp_path / "img.ome.zarr")
+    assert vol.shape == data.shape
+    assert vol.spacing == pytest.approx((2.95, 1.5, 1.5))
+    np.testing.assert_array_equal(vol[1:3, 2:, :5], data[1:3, 2:, :5])
+
+
+def test_ome_zarr_with_several_channels_is_refused(tmp_path: Path) -> None:
+    group = zarr.open_group(tmp_path / "rgb.ome.zarr", mode="w")
+    group.create_array("0", shape=(3, 4, 5, 6), dtype="uint8")
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 1]}]}],
+    }]}  # fmt: skip
+    with pytest.raises(VolumeError, match="one channel per volume"):
+        open_volume(tmp_path / "rgb.ome.zarr")
+
+
+def test_imagej_tiff_spacing(tmp_path: Path) -> None:
+    data = _data("uint16", (5, 6, 7))
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"spacing": 1.2, "unit": "um", "axes": "ZYX"})
+    vol = open_volume(tmp_path / "ij.tif")
+    assert vol.spacing == pytest.approx((1.2, 0.4, 0.4))
+    np.testing.assert_array_equal(vol[...], data)
+
+
+def test_tiff_folder_natural_sort_order(tmp_path: Path) -> None:
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    for z in range(12):  # slice_2 must come before slice_10
+        tifffile.imwrite(folder / f"slice_{z}.tif", np.full((4, 5), z, dtype=np.uint8))
+    (folder / "notes.txt").write_text("not a slice")
+    vol = open_volume(folder)
+    assert vol.shape == (12, 4, 5)
+    assert vol[:, 0, 0].tolist() == list(range(12))
+
+
+def test_tiff_folder_with_a_stray_slice(tmp_path: Path) -> None:
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    for z in range(3):
+        tifffile.imwrite(folder / f"s{z}.tif", np.zeros((4, 5), np.uint8))
+    tifffile.imwrite(folder / "s3.tif", np.zeros((4, 6), np.uint8))
+    with pytest.raises(VolumeError, match=r"s3.tif: slice has shape \(4, 6\)"):
+        open_volume(folder)
+
+
+def test_hdf5_element_size_um_and_dataset_choice(tmp_path: Path) -> None:
+    data = _data("float32", (4, 5, 6))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        ds = f.create_dataset("exported_data", data=data)
+        ds.attrs["element_size_um"] = [3.0, 2.0, 1.0]
+    vol = open_volume(tmp_path / "f.h5")
+    assert vol.spacing == (3.0, 2.0, 1.0)
+    assert vol.path.endswith(":/exported_data")
+    vol.close()
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        f.create_dataset("other", data=data)
+    with pytest.raises(VolumeError, match=r"name one as .*f.h5:/DATASET"):
+        open_volume(tmp_path / "f.h5")
+    with pytest.raises(VolumeError, match="no dataset 'missing'"):
+        open_volume(f"{tmp_path / 'f.h5'}:/missing")
+
+
+def test_nrrd_detached_header(tmp_path: Path) -> None:
+    data = _data("int16", (3, 4, 5))
+    data.tofile(tmp_path / "v.raw")
+    (tmp_path / "v.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nspacings: 0.5 0.6 2\n"
+        "endian: little\nencoding: raw\ndata file: v.raw\n\n"
+    )
+    vol = open_volume(tmp_path / "v.nhdr")
+    assert vol.lazy and vol.spacing == pytest.approx((2.0, 0.6, 0.5))
+    np.testing.assert_array_equal(vol[...], data)
+
+
+def test_nifti_keeps_affine_and_scaling(tmp_path: Path) -> None:
+    data = _data("int16", (4, 5, 6))
+    affine = np.array([[-0.5, 0, 0, 10], [0, 0.5, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
+    img = nib.Nifti1Image(data.transpose(2, 1, 0), affine)
+    img.header.set_slope_inter(0.5, 1.0)
+    nib.save(img, tmp_path / "s.nii")
+    vol = open_volume(tmp_path / "s.nii")
+    assert vol.dtype.kind == "f"  # scl_slope applied
+    np.testing.assert_allclose(vol[...], data * 0.5 + 1.0)
+    assert vol.spacing == pytest.approx((2.0, 0.5, 0.5))
+    assert np.allclose(vol.meta["affine"], affine)
+    write_volume(tmp_path / "out.nii.gz", data, spacing=vol.spacing, affine=vol.meta["affine"])
+    assert np.allclose(nib.load(tmp_path / "out.nii.gz").affine, affine)
+
+
+def test_slicer_ct_and_segmentation_from_slicerio() -> None:
+    slicerio = pytest.importorskip("slicerio", reason="slicerio (dev extra) ships a real CT and .seg.nrrd")
+    data_dir = Path(slicerio.__file__).parent / "data"
+    ct = open_volume(data_dir / "CTChest4.nrrd")
+    seg = open_volume(data_dir / "Segmentation.seg.nrrd")
+    assert ct.shape == seg.shape == (34, 128, 128)
+    assert ct.spacing == pytest.approx((10.0, 3.046875952, 3.046875952))
+    assert ct.dtype == np.int32 and seg.dtype == np.uint8
+    assert -3100 < ct[...].min() < -1000 < 1000 < ct[...].max() < 4000  # HU, outside-FOV padding -3024
+    names = {s["name"]: s["label"] for s in seg.meta["segments"]}
+    assert len(names) >= 2
+    present = set(np.unique(seg[...]).tolist()) - {0}
+    assert present <= set(names.values())
+
+
+# ---- bad input -----------------------------------------------------------------------
+
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(b"this is not an image" * 10)
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v.nrrd", "v.tif", "v.h5", "v.npy"])
+def test_corrupt_file_names_the_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    _corrupt(path)
+    with pytest.raises(VolumeError, match=rf"{name}: cannot read this .* file .*corrupt"):
+        vol = open_volume(path)
+        vol[...]  # some formats only fail on reading
+
+
+def test_truncated_nifti_gz(tmp_path: Path) -> None:
+    write_volume(tmp_path / "v.nii.gz", _data("float32", (20, 30, 40)))
+    raw = gzip.decompress((tmp_path / "v.nii.gz").read_bytes())
+    (tmp_path / "t.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(VolumeError, match=r"t.nii.gz: cannot read"):
+        open_volume(tmp_path / "t.nii.gz")[...]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(VolumeError, match=r"nope.nii.gz: file not found"):
+        open_volume(tmp_path / "nope.nii.gz")
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    (tmp_path / "v.mha").write_bytes(b"x")
+    with pytest.raises(VolumeError, match=r"v.mha: unknown volume format; meunet reads .*\.zarr"):
+        open_volume(tmp_path / "v.mha")
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("4d.nii", (3, 4, 5, 2)), ("2d.npy", (4, 5)), ("4d.h5", (2, 3, 4, 5))]
+)
+def test_not_3d(tmp_path: Path, name: str, shape: tuple[int, ...]) -> None:
+    data = np.zeros(shape, np.float32)
+    if name.endswith(".nii"):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / name)
+    elif name.endswith(".npy"):
+        np.save(tmp_path / name, data)
+    else:
+        with h5py.File(tmp_path / name, "w") as f:
+            f["v"] = data
+    with pytest.raises(VolumeError, match="meunet reads 3D volumes"):
+        open_volume(f"{tmp_path / name}" + (":/v" if name.endswith(".h5") else ""))
+
+
+def test_interrupted_zarr_writer_leaves_a_volume_that_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pred.zarr"
+    with pytest.raises(RuntimeError), ZarrSlabWriter(path, (64, 8, 8), "uint8", chunks=(8, 8, 8)) as w:
+        w.write(0, np.ones((8, 8, 8), np.uint8))
+        raise RuntimeError("killed mid-write")
+    with pytest.raises(VolumeError, match="never finished"):
+        open_volume(path)
+
+
+def test_zarr_writer_rejects_a_slab_that_does_not_fit(tmp_path: Path) -> None:
+    with ZarrSlabWriter(tmp_path / "a.zarr", (10, 8, 8), "uint8") as w, pytest.raises(ValueError, match="does not fit"):
+        w.write(8, np.zeros((4, 8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.npy", "v.tif", "v.h5", "v.nrrd"])
+def test_failed_file_write_leaves_nothing_under_the_final_name(tmp_path: Path, name: str) -> None:
+    class Exploding:
+        shape, dtype, ndim, nbytes = (200, 64, 64), np.dtype("float32"), 3, 200 * 64 * 64 * 4
+
+        def __getitem__(self, key: object) -> np.ndarray:
+            raise OSError("disk full")
+
+        def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_volume(tmp_path / name, Exploding())  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []
+
+
+def test_detect_format() -> None:
+    assert detect_format("a/b.OME.ZARR", must_exist=False) == "zarr"
+    assert detect_format("x.seg.nrrd", must_exist=False) == "nrrd"
+    assert detect_format("x.h5:/a/b", must_exist=False) == "hdf5"
+    assert detect_format("out_slices", must_exist=False) == "tiff"
+
+
+def test_npy_sidecar_is_optional(tmp_path: Path) -> None:
+    np.save(tmp_path / "plain.npy", _data("uint8"))
+    assert open_volume(tmp_path / "plain.npy").spacing == (1.0, 1.0, 1.0)
+    assert open_volume(tmp_path / "plain.npy", spacing=(2, 2, 2)).spacing == (2.0, 2.0, 2.0)
