@@ -89,7 +89,7 @@ class PhantomConfig:
     tube_texture_sd: float = 500.0
     texture_waves: int = 3  # low-frequency 3D sinusoids per texture
     body_period: tuple[float, float] = (16.0, 48.0)  # range of the body texture's periods; scaled
-    tube_period: tuple[float, float] = (8.0, 24.0)  # range of the tube texture's periods; scaled
+    tube_period: tuple[float, float] = (6.0, 16.0)  # range of the tube texture's periods; scaled
 
     def __post_init__(self) -> None:
         shape = tuple(int(n) for n in self.shape)
