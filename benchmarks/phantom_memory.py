@@ -49,7 +49,10 @@ def main() -> int:
         ("peak RSS of the process", f"{peak_gib:.2f} GiB (limit {LIMIT_GIB:.0f} GiB)"),
         ("wall time", f"{seconds:.0f} s"),
         ("on disk (Zarr, zstd)", f"{disk_gib:.2f} GiB"),
-        ("machine", f"{platform.machine()}, {shutil.os.cpu_count()} CPUs, Python {platform.python_version()}"),
+        (
+            "machine",
+            f"{platform.machine()}, {shutil.os.cpu_count()} CPUs, Python {platform.python_version()}",
+        ),
     ]
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     text = f"# Paper-scale phantom case written to Zarr\n\nMade by `python benchmarks/phantom_memory.py`.\n\n{table}\n"

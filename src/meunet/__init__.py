@@ -1,8 +1,8 @@
 """meunet: memory-efficient segmentation of very large 3D images.
 
-    >>> import meunet
-    >>> vol = meunet.open_volume("scan.zarr")      # doctest: +SKIP
-    >>> spec = meunet.load_spec("dataset.yaml")    # doctest: +SKIP
+>>> import meunet
+>>> vol = meunet.open_volume("scan.zarr")      # doctest: +SKIP
+>>> spec = meunet.load_spec("dataset.yaml")    # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -22,10 +22,26 @@ def test_console_script_runs() -> None:
         assert command in out.stdout
 
 
-def test_convert_nifti_gz_to_zarr_keeps_everything(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_convert_nifti_gz_to_zarr_keeps_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     data = np.random.default_rng(0).normal(size=(40, 30, 20)).astype(np.float32)
     write_volume(tmp_path / "in.nii.gz", data, spacing=(3.0, 0.5, 0.5), origin=(1.0, 2.0, 3.0))
-    assert main(["convert", str(tmp_path / "in.nii.gz"), str(tmp_path / "out.zarr"), "--chunks", "16", "16", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "in.nii.gz"),
+                str(tmp_path / "out.zarr"),
+                "--chunks",
+                "16",
+                "16",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     vol = open_volume(tmp_path / "out.zarr")
     assert vol.meta["chunks"] == (16, 16, 16)
     assert (vol.spacing, vol.origin) == ((3.0, 0.5, 0.5), (1.0, 2.0, 3.0))
@@ -51,7 +67,11 @@ def test_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ],
 )
 def test_user_errors_exit_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -61,7 +81,9 @@ def test_user_errors_exit_2_with_one_line(
 
 
 def test_check_reports_problems_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    write_volume(tmp_path / "img.zarr", np.random.default_rng(0).random((8, 8, 8)).astype(np.float32))
+    write_volume(
+        tmp_path / "img.zarr", np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    )
     write_volume(tmp_path / "lab.zarr", np.full((8, 8, 9), 1, np.uint8))
     (tmp_path / "d.yaml").write_text(
         "classes: [background, thing]\ncases:\n  a: {image: img.zarr, label: lab.zarr}\nsplit: {train: [a]}\n"
@@ -71,11 +93,18 @@ def test_check_reports_problems_and_exits_1(tmp_path: Path, capsys: pytest.Captu
     assert "case a:" in err and "lab.zarr" in err and "label shape (8, 8, 9) differs" in err
 
 
-def test_check_brats4_prints_the_four_cases(brats4_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_brats4_prints_the_four_cases(
+    brats4_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     repo = Path(__file__).resolve().parents[2]
     assert main(["check", str(repo / "examples" / "brats4.yaml"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    for case, edema in (("pat0003", 148264), ("pat0004", 45203), ("pat0005", 35416), ("pat0006", 109935)):
+    for case, edema in (
+        ("pat0003", 148264),
+        ("pat0004", 45203),
+        ("pat0005", 35416),
+        ("pat0006", 109935),
+    ):
         line = next(line for line in out.splitlines() if line.startswith(case))
         assert "155x240x240" in line and str(edema) in line
     assert "OK: no problems found" in out

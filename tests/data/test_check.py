@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
-
-import re
 
 import numpy as np
 import pytest
@@ -26,8 +25,12 @@ def _make_dataset(root: Path, n: int = 3) -> dict:
     for i in range(n):
         cid = f"c{i}"
         label = _make_label()
-        write_volume(root / cid / "t1.nii.gz", rng.normal(size=SHAPE).astype(np.float32), spacing=(2, 1, 1))
-        write_volume(root / cid / "t2.zarr", rng.normal(size=SHAPE).astype(np.float32), spacing=(2, 1, 1))
+        write_volume(
+            root / cid / "t1.nii.gz", rng.normal(size=SHAPE).astype(np.float32), spacing=(2, 1, 1)
+        )
+        write_volume(
+            root / cid / "t2.zarr", rng.normal(size=SHAPE).astype(np.float32), spacing=(2, 1, 1)
+        )
         write_volume(root / cid / "seg.nrrd", label, spacing=(2, 1, 1))
         cases[cid] = {"image": [f"{cid}/t1.nii.gz", f"{cid}/t2.zarr"], "label": f"{cid}/seg.nrrd"}
     return {
@@ -73,10 +76,14 @@ def test_label_map_merges_values(dataset: tuple[Path, dict]) -> None:
         spec.remap_labels(np.array([0, 3]))
     report = check_dataset(spec, progress=False)
     # "large" is now absent from every training case
-    assert [p.message for p in report.problems] == ["class 1 ('large') is absent from every training case"]
+    assert [p.message for p in report.problems] == [
+        "class 1 ('large') is absent from every training case"
+    ]
 
 
-def _replace(case: str, name: str, data: np.ndarray, spacing: tuple = (2, 1, 1)) -> Callable[[Path, dict], None]:
+def _replace(
+    case: str, name: str, data: np.ndarray, spacing: tuple = (2, 1, 1)
+) -> Callable[[Path, dict], None]:
     def apply(root: Path, raw: dict) -> None:
         write_volume(root / case / name, data, spacing=spacing)
 
@@ -151,12 +158,24 @@ def _spec_error(root: Path, raw: dict) -> str:
         (lambda r: r.pop("cases"), "missing required key 'cases'"),
         (lambda r: r.update(classes=["only"]), "at least 2 distinct names"),
         (lambda r: r.update(colour="red"), r"unknown keys \['colour'\]"),
-        (lambda r: r["split"].update(test=["c9"]), "split names case 'c9', which is not under cases"),
+        (
+            lambda r: r["split"].update(test=["c9"]),
+            "split names case 'c9', which is not under cases",
+        ),
         (lambda r: r["split"].update(test=["c0"]), r"cases \['c0'\] appear in more than one split"),
         (lambda r: r["split"].update(holdout=["c0"]), "split 'holdout' unknown"),
-        (lambda r: r["label_map"].update({7: "tumour"}), "sends 7 to 'tumour', which is not in classes"),
-        (lambda r: r["cases"]["c1"].update(image=["c1/t1.nii.gz"]), "case c1: has 1 image channels, other cases have 2"),
-        (lambda r: r["cases"]["c0"].pop("label"), "case c0 is used for training or validation but has no label"),
+        (
+            lambda r: r["label_map"].update({7: "tumour"}),
+            "sends 7 to 'tumour', which is not in classes",
+        ),
+        (
+            lambda r: r["cases"]["c1"].update(image=["c1/t1.nii.gz"]),
+            "case c1: has 1 image channels, other cases have 2",
+        ),
+        (
+            lambda r: r["cases"]["c0"].pop("label"),
+            "case c0 is used for training or validation but has no label",
+        ),
         (lambda r: r.update(spacing=[1, 0, 1]), "spacing must be three positive numbers"),
         (lambda r: r.update(channels=["a"]), "channels lists 1 names but cases have 2 images"),
     ],
@@ -165,7 +184,10 @@ def test_spec_structure_errors(tmp_path: Path, edit: Callable[[dict], None], mes
     raw = {
         "classes": ["background", "large", "small"],
         "label_map": {0: 0, 2: "large", 5: "small"},
-        "cases": {c: {"image": [f"{c}/a.nii", f"{c}/b.nii"], "label": f"{c}/l.nii"} for c in ("c0", "c1", "c2")},
+        "cases": {
+            c: {"image": [f"{c}/a.nii", f"{c}/b.nii"], "label": f"{c}/l.nii"}
+            for c in ("c0", "c1", "c2")
+        },
         "split": {"train": ["c0", "c1"], "val": ["c2"]},
     }
     edit(raw)

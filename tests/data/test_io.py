@@ -149,7 +149,13 @@ def test_ome_zarr_with_several_channels_is_refused(tmp_path: Path) -> None:
 
 def test_imagej_tiff_spacing(tmp_path: Path) -> None:
     data = _data("uint16", (5, 6, 7))
-    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"spacing": 1.2, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        data,
+        imagej=True,
+        resolution=(1 / 0.4, 1 / 0.4),
+        metadata={"spacing": 1.2, "unit": "um", "axes": "ZYX"},
+    )
     vol = open_volume(tmp_path / "ij.tif")
     assert vol.spacing == pytest.approx((1.2, 0.4, 0.4))
     np.testing.assert_array_equal(vol[...], data)
@@ -221,14 +227,18 @@ def test_nifti_keeps_affine_and_scaling(tmp_path: Path) -> None:
 
 
 def test_slicer_ct_and_segmentation_from_slicerio() -> None:
-    slicerio = pytest.importorskip("slicerio", reason="slicerio (dev extra) ships a real CT and .seg.nrrd")
+    slicerio = pytest.importorskip(
+        "slicerio", reason="slicerio (dev extra) ships a real CT and .seg.nrrd"
+    )
     data_dir = Path(slicerio.__file__).parent / "data"
     ct = open_volume(data_dir / "CTChest4.nrrd")
     seg = open_volume(data_dir / "Segmentation.seg.nrrd")
     assert ct.shape == seg.shape == (34, 128, 128)
     assert ct.spacing == pytest.approx((10.0, 3.046875952, 3.046875952))
     assert ct.dtype == np.int32 and seg.dtype == np.uint8
-    assert -3100 < ct[...].min() < -1000 < 1000 < ct[...].max() < 4000  # HU, outside-FOV padding -3024
+    assert (
+        -3100 < ct[...].min() < -1000 < 1000 < ct[...].max() < 4000
+    )  # HU, outside-FOV padding -3024
     names = {s["name"]: s["label"] for s in seg.meta["segments"]}
     assert len(names) >= 2
     present = set(np.unique(seg[...]).tolist()) - {0}
@@ -288,7 +298,10 @@ def test_not_3d(tmp_path: Path, name: str, shape: tuple[int, ...]) -> None:
 
 def test_interrupted_zarr_writer_leaves_a_volume_that_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "pred.zarr"
-    with pytest.raises(RuntimeError), ZarrSlabWriter(path, (64, 8, 8), "uint8", chunks=(8, 8, 8)) as w:
+    with (
+        pytest.raises(RuntimeError),
+        ZarrSlabWriter(path, (64, 8, 8), "uint8", chunks=(8, 8, 8)) as w,
+    ):
         w.write(0, np.ones((8, 8, 8), np.uint8))
         raise RuntimeError("killed mid-write")
     with pytest.raises(VolumeError, match="never finished"):
@@ -296,7 +309,10 @@ def test_interrupted_zarr_writer_leaves_a_volume_that_is_refused(tmp_path: Path)
 
 
 def test_zarr_writer_rejects_a_slab_that_does_not_fit(tmp_path: Path) -> None:
-    with ZarrSlabWriter(tmp_path / "a.zarr", (10, 8, 8), "uint8") as w, pytest.raises(ValueError, match="does not fit"):
+    with (
+        ZarrSlabWriter(tmp_path / "a.zarr", (10, 8, 8), "uint8") as w,
+        pytest.raises(ValueError, match="does not fit"),
+    ):
         w.write(8, np.zeros((4, 8, 8), np.uint8))
 
 

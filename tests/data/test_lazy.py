@@ -118,7 +118,9 @@ def big_volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tiff": root / "v.tif",
     }
     source = _Pattern()
-    write_volume(paths["zarr"], source, compressors=None)  # raw chunks: bytes on disk = bytes of data
+    write_volume(
+        paths["zarr"], source, compressors=None
+    )  # raw chunks: bytes on disk = bytes of data
     write_volume(paths["hdf5"], source)
     write_volume(paths["numpy"], source)
     write_volume(paths["tiff"], source)
@@ -132,7 +134,9 @@ def test_crop_of_2gib_volume_reads_only_the_crop(big_volumes: dict[str, Path], f
     assert vol.nbytes == 2 << 30
     if fmt == "tiff":
         assert vol.meta["memmap"], "an uncompressed multi-page TIFF must be memory-mapped"
-    out = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True
+    )
     m = json.loads(out.stdout)
     assert tuple(m["shape"]) == (64, 64, 64)
     expected = _slab(200, 264)[:, 500:564, 300:364]

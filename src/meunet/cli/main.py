@@ -21,7 +21,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.dataset, root=args.root)
     report = check_dataset(spec, progress=not args.quiet)
-    print(f"dataset {spec.name}: {len(spec.cases)} cases, classes {list(spec.classes)}, channels {list(spec.channels)}")
+    print(
+        f"dataset {spec.name}: {len(spec.cases)} cases, classes {list(spec.classes)}, channels {list(spec.channels)}"
+    )
     print(f"root: {spec.root}")
     print(report.table())
     if report.ok:
@@ -36,7 +38,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from meunet.data.convert import convert
 
-    convert(args.input, args.output, chunks=args.chunks, spacing=args.spacing, zarr_format=args.zarr_format, progress=not args.quiet)
+    convert(
+        args.input,
+        args.output,
+        chunks=args.chunks,
+        spacing=args.spacing,
+        zarr_format=args.zarr_format,
+        progress=not args.quiet,
+    )
     print(f"wrote {args.output}")
     return 0
 
@@ -46,7 +55,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with open_volume(args.volume) as vol:
         print(f"path:    {vol.path}")
-        print(f"format:  {vol.format}{'' if vol.lazy else ' (not lazily readable: meunet convert it to .zarr)'}")
+        print(
+            f"format:  {vol.format}{'' if vol.lazy else ' (not lazily readable: meunet convert it to .zarr)'}"
+        )
         print(f"shape:   {vol.shape} (z, y, x)")
         print(f"dtype:   {vol.dtype}")
         print(f"spacing: {vol.spacing} (z, y, x)")
@@ -60,7 +71,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
     shape = PAPER_SHAPE if args.paper_scale else tuple(args.shape)
     cases = 1 if args.paper_scale and args.cases is None else (args.cases or 6)
-    path = make_phantom_dataset(args.out, cases=cases, shape=shape, seed=args.seed, fmt=args.format, progress=not args.quiet)
+    path = make_phantom_dataset(
+        args.out, cases=cases, shape=shape, seed=args.seed, fmt=args.format, progress=not args.quiet
+    )
     print(f"wrote {cases} case(s) of shape {shape} and {path}")
     return 0
 
@@ -72,28 +85,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("phantom", help="write the synthetic microCT phantom dataset and its dataset.yaml")
+    p = sub.add_parser(
+        "phantom", help="write the synthetic microCT phantom dataset and its dataset.yaml"
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--cases", type=int, default=None, help="number of cases (default 6; 1 with --paper-scale)")
-    p.add_argument("--shape", type=int, nargs=3, default=(128, 96, 96), metavar=("Z", "Y", "X"), help="volume size (default 128 96 96)")
+    p.add_argument(
+        "--cases", type=int, default=None, help="number of cases (default 6; 1 with --paper-scale)"
+    )
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(128, 96, 96),
+        metavar=("Z", "Y", "X"),
+        help="volume size (default 128 96 96)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--format", default="zarr", help="file suffix: zarr (default), nii.gz, nrrd, tif, h5, npy")
-    p.add_argument("--paper-scale", action="store_true", help=f"cases of the paper's size {PAPER_SHAPE}, streamed to Zarr")
+    p.add_argument(
+        "--format", default="zarr", help="file suffix: zarr (default), nii.gz, nrrd, tif, h5, npy"
+    )
+    p.add_argument(
+        "--paper-scale",
+        action="store_true",
+        help=f"cases of the paper's size {PAPER_SHAPE}, streamed to Zarr",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("check", help="validate a dataset.yaml and print its cases")
     p.add_argument("dataset", help="the dataset.yaml")
-    p.add_argument("--root", default=None, help="folder for relative case paths (overrides the spec's root)")
+    p.add_argument(
+        "--root", default=None, help="folder for relative case paths (overrides the spec's root)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("convert", help="stream a volume to another format (e.g. .nii.gz -> chunked .zarr)")
+    p = sub.add_parser(
+        "convert", help="stream a volume to another format (e.g. .nii.gz -> chunked .zarr)"
+    )
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--chunks", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="Zarr chunk shape (default 64^3)")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"), help="override the voxel size")
-    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="Zarr format version (default 3)")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="Zarr chunk shape (default 64^3)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="override the voxel size",
+    )
+    p.add_argument(
+        "--zarr-format", type=int, choices=(2, 3), default=3, help="Zarr format version (default 3)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 

@@ -31,7 +31,14 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        where = " ".join(p for p in (f"case {self.case}:" if self.case else "", f"{self.file}:" if self.file else "") if p)
+        where = " ".join(
+            p
+            for p in (
+                f"case {self.case}:" if self.case else "",
+                f"{self.file}:" if self.file else "",
+            )
+            if p
+        )
         return f"{where} {self.message}; fix: {self.fix}".strip()
 
 
@@ -74,7 +81,9 @@ class CheckReport:
                 ", ".join(f"{v:g}" for v in s.spacing) if s.spacing else "?",
                 "/".join(sorted(set(s.dtypes))) or "?",
             ]
-            row += [f"{lo:.4g}..{hi:.4g}" for lo, hi in s.ranges] + ["?"] * (len(spec.channels) - len(s.ranges))
+            row += [f"{lo:.4g}..{hi:.4g}" for lo, hi in s.ranges] + ["?"] * (
+                len(spec.channels) - len(s.ranges)
+            )
             if s.class_counts is not None:
                 total = max(sum(s.class_counts), 1)
                 row += [f"{n} ({100 * n / total:.2f}%)" for n in s.class_counts]
@@ -82,24 +91,42 @@ class CheckReport:
                 row += ["-"] * len(spec.classes)
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines = [
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
 
-def _open_all(case: Case, spec: DatasetSpec, problems: list[Problem]) -> tuple[list[Volume], Volume | None]:
+def _open_all(
+    case: Case, spec: DatasetSpec, problems: list[Problem]
+) -> tuple[list[Volume], Volume | None]:
     images: list[Volume] = []
     for path in case.images:
         try:
             images.append(open_volume(path, spacing=spec.spacing))
         except MeunetError as e:
-            problems.append(Problem(case.id, str(path), str(e).removeprefix(f"{path}: "), "repair or re-export the file, or correct its path in the spec"))
+            problems.append(
+                Problem(
+                    case.id,
+                    str(path),
+                    str(e).removeprefix(f"{path}: "),
+                    "repair or re-export the file, or correct its path in the spec",
+                )
+            )
     label = None
     if case.label is not None:
         try:
             label = open_volume(case.label, spacing=spec.spacing)
         except MeunetError as e:
-            problems.append(Problem(case.id, str(case.label), str(e).removeprefix(f"{case.label}: "), "repair or re-export the label file, or correct its path in the spec"))
+            problems.append(
+                Problem(
+                    case.id,
+                    str(case.label),
+                    str(e).removeprefix(f"{case.label}: "),
+                    "repair or re-export the label file, or correct its path in the spec",
+                )
+            )
     return images, label
 
 
@@ -112,7 +139,9 @@ def _same_geometry(
     for what, v in others:
         if v.shape != ref.shape:
             msg = f"{what} shape {v.shape} differs from image shape {ref.shape} (of {ref.path})"
-            problems.append(Problem(case.id, v.path, msg, "resample or crop the files of this case to one grid"))
+            problems.append(
+                Problem(case.id, v.path, msg, "resample or crop the files of this case to one grid")
+            )
             ok = False
         elif not np.allclose(v.spacing, ref.spacing, rtol=SPACING_RTOL):
             msg = f"{what} spacing {v.spacing} differs from image spacing {ref.spacing} (of {ref.path})"
@@ -122,9 +151,18 @@ def _same_geometry(
     return ok
 
 
-def _image_stats(case: Case, vol: Volume, problems: list[Problem], bar: tqdm) -> tuple[float, float] | None:
+def _image_stats(
+    case: Case, vol: Volume, problems: list[Problem], bar: tqdm
+) -> tuple[float, float] | None:
     if vol.dtype.kind not in "biuf":
-        problems.append(Problem(case.id, vol.path, f"image dtype {vol.dtype} is not a real number type", "save the image as integers or floats"))
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                f"image dtype {vol.dtype} is not a real number type",
+                "save the image as integers or floats",
+            )
+        )
         return None
     lo, hi, nonfinite = np.inf, -np.inf, 0
     for _, slab in vol.slabs():
@@ -136,15 +174,38 @@ def _image_stats(case: Case, vol: Volume, problems: list[Problem], bar: tqdm) ->
             lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
         bar.update(1)
     if nonfinite:
-        problems.append(Problem(case.id, vol.path, f"image holds {nonfinite} NaN or Inf voxels", "replace them (e.g. with the background value) before training"))
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                f"image holds {nonfinite} NaN or Inf voxels",
+                "replace them (e.g. with the background value) before training",
+            )
+        )
     if lo >= hi:
-        problems.append(Problem(case.id, vol.path, f"image is constant (every voxel is {lo:g}): empty or failed export", "re-export the image"))
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                f"image is constant (every voxel is {lo:g}): empty or failed export",
+                "re-export the image",
+            )
+        )
     return float(lo), float(hi)
 
 
-def _label_counts(case: Case, vol: Volume, spec: DatasetSpec, problems: list[Problem], bar: tqdm) -> list[int] | None:
+def _label_counts(
+    case: Case, vol: Volume, spec: DatasetSpec, problems: list[Problem], bar: tqdm
+) -> list[int] | None:
     if vol.dtype.kind not in "biuf":
-        problems.append(Problem(case.id, vol.path, f"label dtype {vol.dtype} is not numeric", "save labels as integers"))
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                f"label dtype {vol.dtype} is not numeric",
+                "save labels as integers",
+            )
+        )
         return None
     values: dict[float, int] = {}
     for _, slab in vol.slabs():
@@ -154,9 +215,18 @@ def _label_counts(case: Case, vol: Volume, spec: DatasetSpec, problems: list[Pro
         bar.update(1)
     undeclared = sorted(v for v in values if not np.isfinite(v) or float(v) not in spec.label_map)
     if undeclared:
-        shown = ", ".join(f"{v:g}" for v in undeclared[:10]) + (" ..." if len(undeclared) > 10 else "")
+        shown = ", ".join(f"{v:g}" for v in undeclared[:10]) + (
+            " ..." if len(undeclared) > 10 else ""
+        )
         declared = ", ".join(f"{v:g}" for v in sorted(spec.label_map))
-        problems.append(Problem(case.id, vol.path, f"label values {{{shown}}} are not declared (declared: {{{declared}}})", "add them to label_map in the dataset spec, or correct the label file"))
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                f"label values {{{shown}}} are not declared (declared: {{{declared}}})",
+                "add them to label_map in the dataset spec, or correct the label file",
+            )
+        )
         return None
     counts = [0] * spec.num_classes
     for v, c in values.items():
@@ -185,7 +255,13 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
         summary.dtypes = [str(v.dtype) for v in vols]
         if not _same_geometry(case, images, label, problems):
             continue
-        with tqdm(total=_n_slabs(vols), desc=f"check {case.id}", unit="slab", disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=_n_slabs(vols),
+            desc=f"check {case.id}",
+            unit="slab",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for vol in images:
                 rng = _image_stats(case, vol, problems, bar)
                 summary.ranges.append(rng if rng is not None else (np.nan, np.nan))
@@ -200,5 +276,12 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
         totals = np.sum(counted, axis=0)
         for k, name in enumerate(spec.classes):
             if totals[k] == 0:
-                problems.append(Problem(None, str(spec.path), f"class {k} ({name!r}) is absent from every training case", "add a training case that contains it, fix the label_map, or remove the class"))
+                problems.append(
+                    Problem(
+                        None,
+                        str(spec.path),
+                        f"class {k} ({name!r}) is absent from every training case",
+                        "add a training case that contains it, fix the label_map, or remove the class",
+                    )
+                )
     return CheckReport(spec, summaries, problems)

@@ -135,7 +135,9 @@ def _label_map(raw: Any, classes: tuple[str, ...], where: str) -> dict[float, in
     if raw is None:
         return {float(i): i for i in range(len(classes))}
     if not isinstance(raw, dict) or not raw:
-        raise SpecError(f"{where}: label_map must map label values to class names, e.g. {{2: edema}}")
+        raise SpecError(
+            f"{where}: label_map must map label values to class names, e.g. {{2: edema}}"
+        )
     out: dict[float, int] = {}
     for key, target in raw.items():
         try:
@@ -144,12 +146,16 @@ def _label_map(raw: Any, classes: tuple[str, ...], where: str) -> dict[float, in
             raise SpecError(f"{where}: label_map key {key!r} is not a number") from None
         if isinstance(target, str):
             if target not in classes:
-                raise SpecError(f"{where}: label_map sends {key} to {target!r}, which is not in classes {list(classes)}")
+                raise SpecError(
+                    f"{where}: label_map sends {key} to {target!r}, which is not in classes {list(classes)}"
+                )
             out[value] = classes.index(target)
         elif isinstance(target, int) and 0 <= target < len(classes):
             out[value] = target
         else:
-            raise SpecError(f"{where}: label_map target {target!r} for {key} is neither a class name nor an index < {len(classes)}")
+            raise SpecError(
+                f"{where}: label_map target {target!r} for {key} is neither a class name nor an index < {len(classes)}"
+            )
     return out
 
 
@@ -176,13 +182,28 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
     for key in ("classes", "cases"):
         if key not in raw:
             raise SpecError(f"{where}: missing required key {key!r}")
-    known = {"name", "description", "root", "classes", "channels", "label_map", "spacing", "cases", "split", "folds"}
+    known = {
+        "name",
+        "description",
+        "root",
+        "classes",
+        "channels",
+        "label_map",
+        "spacing",
+        "cases",
+        "split",
+        "folds",
+    }
     unknown = set(raw) - known
     if unknown:
         raise SpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
 
     classes = raw["classes"]
-    if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or len(set(map(str, classes))) != len(classes)
+    ):
         raise SpecError(f"{where}: classes must list at least 2 distinct names (background first)")
     classes_t = tuple(str(c) for c in classes)
     base = Path(root) if root is not None else path.parent / str(raw.get("root", "."))
@@ -201,13 +222,17 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
         if n_channels is None:
             n_channels = len(images)
         elif len(images) != n_channels:
-            raise SpecError(f"{cw}: has {len(images)} image channels, other cases have {n_channels}")
+            raise SpecError(
+                f"{cw}: has {len(images)} image channels, other cases have {n_channels}"
+            )
         label = _paths(entry["label"], base, f"{cw}: label")[0] if entry.get("label") else None
         cases[str(cid)] = Case(str(cid), images, label)
     assert n_channels is not None
     channels = raw.get("channels") or [f"ch{i}" for i in range(n_channels)]
     if len(channels) != n_channels:
-        raise SpecError(f"{where}: channels lists {len(channels)} names but cases have {n_channels} images")
+        raise SpecError(
+            f"{where}: channels lists {len(channels)} names but cases have {n_channels} images"
+        )
 
     split: dict[str, tuple[str, ...]] = {}
     for name, ids in (raw.get("split") or {}).items():
@@ -224,7 +249,9 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
         raise SpecError(f"{where}: cases {dupes} appear in more than one split or fold")
     for cid in [*split.get("train", ()), *split.get("val", ()), *(i for f in folds for i in f)]:
         if cases[cid].label is None:
-            raise SpecError(f"{where}: case {cid} is used for training or validation but has no label")
+            raise SpecError(
+                f"{where}: case {cid} is used for training or validation but has no label"
+            )
 
     spacing = None
     if raw.get("spacing") is not None:

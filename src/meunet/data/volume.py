@@ -12,7 +12,6 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +58,9 @@ def normalize_key(key: Any, shape: tuple[int, ...]) -> tuple[Slices, tuple[int, 
         elif isinstance(k, slice):
             start, stop, step = k.indices(n)
             if step <= 0:
-                raise IndexError("volumes support only positive slice steps; flip the result instead")
+                raise IndexError(
+                    "volumes support only positive slice steps; flip the result instead"
+                )
             slices.append(slice(start, max(start, stop), step))
         else:
             raise IndexError(
@@ -166,12 +167,14 @@ def as_spacing(value: Any, where: str) -> Spacing:
     try:
         sp = tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: spacing must be three numbers (z, y, x), got {value!r}") from None
+        raise ValueError(
+            f"{where}: spacing must be three numbers (z, y, x), got {value!r}"
+        ) from None
     if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
-        raise ValueError(f"{where}: spacing must be three positive numbers (z, y, x), got {value!r}")
+        raise ValueError(
+            f"{where}: spacing must be three positive numbers (z, y, x), got {value!r}"
+        )
     return (sp[0], sp[1], sp[2])
-
-
 
 
 def memmap_reader(mm: np.memmap) -> CropReader:

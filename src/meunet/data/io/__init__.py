@@ -167,7 +167,9 @@ def write_volume(
             HDF5: ``chunks``, ``compression``; TIFF: ``compression``).
     """
     if getattr(data, "ndim", None) != 3:
-        raise ValueError(f"{path}: meunet writes 3D volumes, got shape {getattr(data, 'shape', '?')}")
+        raise ValueError(
+            f"{path}: meunet writes 3D volumes, got shape {getattr(data, 'shape', '?')}"
+        )
     if spacing is None:
         spacing = data.spacing if isinstance(data, Volume) else (1.0, 1.0, 1.0)
     if origin is None:

@@ -20,7 +20,11 @@ DEFAULT_DATASET = "volume"
 
 def _volumes_in(f: h5py.File) -> list[str]:
     names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None)
+    f.visititems(
+        lambda name, obj: (
+            names.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None
+        )
+    )
     return names
 
 
@@ -96,7 +100,13 @@ def write_hdf5(
                 del f[name]
             if chunks is True:
                 chunks = tuple(min(64, n) for n in data.shape)
-            ds = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=chunks or None, compression=compression)
+            ds = f.create_dataset(
+                name,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=chunks or None,
+                compression=compression,
+            )
             ds.attrs["spacing"] = np.asarray(as_spacing(spacing, path))
             ds.attrs["origin"] = np.asarray(origin, dtype=float)
             depth = slab_depth(data.shape, data.dtype)

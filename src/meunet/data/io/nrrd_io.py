@@ -101,7 +101,9 @@ def open_nrrd(path: str) -> Volume:
             offset = os.path.getsize(source) - int(np.prod(shape)) * dtype.itemsize
         else:
             offset += skip
-        read_crop = memmap_reader(np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=shape))
+        read_crop = memmap_reader(
+            np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=shape)
+        )
     else:
         cache: dict[str, np.ndarray] = {}
 
@@ -111,8 +113,14 @@ def open_nrrd(path: str) -> Volume:
             return np.array(cache["data"][slices])
 
     return Volume(
-        path=path, shape=shape, dtype=dtype, spacing=spacing, origin=origin,
-        read_crop=read_crop, format="nrrd", lazy=lazy,
+        path=path,
+        shape=shape,
+        dtype=dtype,
+        spacing=spacing,
+        origin=origin,
+        read_crop=read_crop,
+        format="nrrd",
+        lazy=lazy,
         meta={"segments": _segments(header), "encoding": encoding},
     )
 

@@ -36,7 +36,9 @@ def _resolution_spacing(page: Any) -> tuple[float, float] | None:
     return yd / yn, xd / xn
 
 
-def _spacing_origin(tif: tifffile.TiffFile, path: str, z_default: float = 1.0) -> tuple[Spacing, Spacing]:
+def _spacing_origin(
+    tif: tifffile.TiffFile, path: str, z_default: float = 1.0
+) -> tuple[Spacing, Spacing]:
     origin: Spacing = (0.0, 0.0, 0.0)
     shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
     if "origin" in shaped:
@@ -85,15 +87,22 @@ def open_tiff(path: str) -> Volume:
         return data[:, slices[1], slices[2]]
 
     return Volume(
-        path=path, shape=shape, dtype=dtype, spacing=spacing, origin=origin,
-        read_crop=memmap_reader(mm) if mm is not None else read_pages, format="tiff",
+        path=path,
+        shape=shape,
+        dtype=dtype,
+        spacing=spacing,
+        origin=origin,
+        read_crop=memmap_reader(mm) if mm is not None else read_pages,
+        format="tiff",
         meta={"memmap": mm is not None},
     )
 
 
 def slice_files(folder: str) -> list[str]:
     """TIFF files of a folder in natural sort order (slice_2 before slice_10)."""
-    names = [n for n in os.listdir(folder) if n.lower().endswith(TIFF_SUFFIXES) and not n.startswith(".")]
+    names = [
+        n for n in os.listdir(folder) if n.lower().endswith(TIFF_SUFFIXES) and not n.startswith(".")
+    ]
     return [os.path.join(folder, n) for n in natsorted(names)]
 
 
@@ -106,7 +115,9 @@ def _open_folder(folder: str) -> Volume:
         dtype = np.dtype(tif.series[0].dtype)
         spacing, origin = _spacing_origin(tif, files[0])
     if len(page_shape) != 2:
-        raise VolumeError(f"{files[0]}: slice has shape {page_shape}; a folder of slices needs 2D grey-level images")
+        raise VolumeError(
+            f"{files[0]}: slice has shape {page_shape}; a folder of slices needs 2D grey-level images"
+        )
     for f in files[1:]:
         with tifffile.TiffFile(f) as tif:
             s, d = tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
@@ -125,8 +136,13 @@ def _open_folder(folder: str) -> Volume:
         return out
 
     return Volume(
-        path=folder, shape=(len(files), page_shape[0], page_shape[1]), dtype=dtype,
-        spacing=spacing, origin=origin, read_crop=read_crop, format="tiff",
+        path=folder,
+        shape=(len(files), page_shape[0], page_shape[1]),
+        dtype=dtype,
+        spacing=spacing,
+        origin=origin,
+        read_crop=read_crop,
+        format="tiff",
         meta={"slices": len(files)},
     )
 
@@ -156,8 +172,12 @@ def write_tiff(
         with atomic_path(path) as tmp:
             with tifffile.TiffWriter(tmp, bigtiff=data.nbytes > 2**31 - 2**25) as tw:
                 tw.write(
-                    pages(), shape=tuple(data.shape), dtype=data.dtype, metadata=meta,
-                    resolution=resolution, compression=compression,
+                    pages(),
+                    shape=tuple(data.shape),
+                    dtype=data.dtype,
+                    metadata=meta,
+                    resolution=resolution,
+                    compression=compression,
                 )
         return
     # a folder of slices, built beside the target and renamed when complete
@@ -168,8 +188,11 @@ def write_tiff(
     width = max(4, len(str(data.shape[0] - 1)))
     for z, page in enumerate(pages()):
         tifffile.imwrite(
-            os.path.join(tmp, f"slice_{z:0{width}d}.tif"), page,
-            metadata={**meta, "axes": "YX"}, resolution=resolution, compression=compression,
+            os.path.join(tmp, f"slice_{z:0{width}d}.tif"),
+            page,
+            metadata={**meta, "axes": "YX"},
+            resolution=resolution,
+            compression=compression,
         )
     if os.path.exists(path):
         shutil.rmtree(path)

@@ -31,7 +31,9 @@ def _ome_multiscale(attrs: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _scale_translation(transforms: list[dict[str, Any]], ndim: int) -> tuple[np.ndarray, np.ndarray]:
+def _scale_translation(
+    transforms: list[dict[str, Any]], ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
     scale, translation = np.ones(ndim), np.zeros(ndim)
     for t in transforms or []:
         if t.get("type") == "scale":
@@ -41,14 +43,21 @@ def _scale_translation(transforms: list[dict[str, Any]], ndim: int) -> tuple[np.
     return scale, translation
 
 
-def _open_ome(group: Any, path: str, ms: dict[str, Any]) -> tuple[Any, Spacing, Spacing, tuple[int, ...]]:
+def _open_ome(
+    group: Any, path: str, ms: dict[str, Any]
+) -> tuple[Any, Spacing, Spacing, tuple[int, ...]]:
     level0 = ms["datasets"][0]
     arr = group[level0["path"]]
     axes = ms.get("axes") or [{"name": n, "type": "space"} for n in "zyx"][-arr.ndim :]
-    axes = [{"name": a, "type": "space" if a in "zyx" else ""} if isinstance(a, str) else a for a in axes]
+    axes = [
+        {"name": a, "type": "space" if a in "zyx" else ""} if isinstance(a, str) else a
+        for a in axes
+    ]
     spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
     if len(spatial) != 3:
-        raise VolumeError(f"{path}: OME-Zarr has {len(spatial)} spatial axes; meunet reads 3D volumes")
+        raise VolumeError(
+            f"{path}: OME-Zarr has {len(spatial)} spatial axes; meunet reads 3D volumes"
+        )
     extra = [i for i in range(arr.ndim) if i not in spatial and arr.shape[i] != 1]
     if extra:
         names = [axes[i].get("name") for i in extra]
@@ -172,21 +181,35 @@ class ZarrSlabWriter:
             else:
                 group.attrs["multiscales"] = [{"version": "0.4", **ms}]
             self.array = group.create_array(
-                "0", shape=self.shape, chunks=chunks, dtype=dtype, attributes=state, compressors=compressors,
+                "0",
+                shape=self.shape,
+                chunks=chunks,
+                dtype=dtype,
+                attributes=state,
+                compressors=compressors,
                 **_dimension_names(zarr_format),
             )
         else:
             attrs = {"spacing": list(spacing), "origin": [float(v) for v in origin], **state}
             self.array = zarr.create_array(
-                self.path, shape=self.shape, chunks=chunks, dtype=dtype, zarr_format=zarr_format,
-                attributes=attrs, overwrite=True, compressors=compressors, **_dimension_names(zarr_format),
+                self.path,
+                shape=self.shape,
+                chunks=chunks,
+                dtype=dtype,
+                zarr_format=zarr_format,
+                attributes=attrs,
+                overwrite=True,
+                compressors=compressors,
+                **_dimension_names(zarr_format),
             )
 
     def write(self, z0: int, slab: np.ndarray) -> None:
         """Write ``slab`` at z-offset ``z0``; its y, x size must be the volume's."""
         slab = np.asarray(slab)
         if slab.ndim != 3 or slab.shape[1:] != self.shape[1:] or z0 + slab.shape[0] > self.shape[0]:
-            raise ValueError(f"{self.path}: slab of shape {slab.shape} at z={z0} does not fit {self.shape}")
+            raise ValueError(
+                f"{self.path}: slab of shape {slab.shape} at z={z0} does not fit {self.shape}"
+            )
         self.array[z0 : z0 + slab.shape[0]] = slab
 
     def close(self) -> None:
@@ -233,7 +256,9 @@ def write_zarr(
         chunk_z = writer.array.chunks[0]
         depth = max(chunk_z, slab_depth(data.shape, data.dtype) // chunk_z * chunk_z)
         name = Path(str(path)).name
-        with tqdm(total=data.shape[0], desc=f"write {name}", unit="slice", disable=not progress) as bar:
+        with tqdm(
+            total=data.shape[0], desc=f"write {name}", unit="slice", disable=not progress
+        ) as bar:
             for z0 in range(0, data.shape[0], depth):
                 slab = np.asarray(data[z0 : z0 + depth])
                 writer.write(z0, slab)
