@@ -25,19 +25,20 @@ Gzip streams cannot be read at random: a crop of a ``.nii.gz`` or gzip
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from meunet.data.io.zarr_io import ZarrSlabWriter, open_zarr, write_zarr
+from meunet.data.io.zarr_io import ZarrSlabWriter
 from meunet.data.volume import Spacing, Volume, as_spacing
 from meunet.errors import VolumeError
 
 __all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "write_volume"]
 
-FORMATS = ("zarr", "hdf5", "numpy", "tiff", "nifti", "nrrd")
 _SUFFIXES = {
     ".nii": "nifti", ".nii.gz": "nifti",
     ".nrrd": "nrrd", ".nhdr": "nrrd", ".seg.nrrd": "nrrd",
@@ -45,6 +46,10 @@ _SUFFIXES = {
     ".zarr": "zarr", ".ome.zarr": "zarr",
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
     ".npy": "numpy",
+}  # fmt: skip
+_MODULES = {
+    "zarr": "zarr_io", "hdf5": "hdf5_io", "numpy": "numpy_io",
+    "tiff": "tiff_io", "nifti": "nifti_io", "nrrd": "nrrd_io",
 }  # fmt: skip
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF slices"
@@ -104,10 +109,8 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
             "(paths in a dataset.yaml are relative to the folder of that file)"
         )
     try:
-        vol = _open(fmt, text)
-    except VolumeError:
-        raise
-    except MemoryError:
+        vol = _module(fmt).read(text)
+    except (VolumeError, MemoryError):
         raise
     except Exception as e:  # every reader library fails on corrupt files in its own way
         raise VolumeError(
@@ -119,28 +122,9 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
     return vol
 
 
-def _open(fmt: str, path: str) -> Volume:
-    if fmt == "zarr":
-        return open_zarr(path)
-    if fmt == "hdf5":
-        from meunet.data.io.hdf5_io import open_hdf5
-
-        return open_hdf5(path)
-    if fmt == "numpy":
-        from meunet.data.io.numpy_io import open_npy
-
-        return open_npy(path)
-    if fmt == "tiff":
-        from meunet.data.io.tiff_io import open_tiff
-
-        return open_tiff(path)
-    if fmt == "nifti":
-        from meunet.data.io.nifti_io import open_nifti
-
-        return open_nifti(path)
-    from meunet.data.io.nrrd_io import open_nrrd
-
-    return open_nrrd(path)
+def _module(fmt: str) -> ModuleType:
+    """The reader/writer module of a format: it defines ``read(path)`` and ``write(...)``."""
+    return importlib.import_module(f"meunet.data.io.{_MODULES[fmt]}")
 
 
 def write_volume(
@@ -176,27 +160,5 @@ def write_volume(
         origin = data.origin if isinstance(data, Volume) else (0.0, 0.0, 0.0)
     spacing = as_spacing(spacing, str(path))
     fmt = detect_format(path, must_exist=False)
-    parent = Path(split_hdf5_path(str(path))[0]).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "zarr":
-        write_zarr(path, data, spacing, origin, **kwargs)
-    elif fmt == "hdf5":
-        from meunet.data.io.hdf5_io import write_hdf5
-
-        write_hdf5(str(path), data, spacing, origin, **kwargs)
-    elif fmt == "numpy":
-        from meunet.data.io.numpy_io import write_npy
-
-        write_npy(str(path), data, spacing, origin)
-    elif fmt == "tiff":
-        from meunet.data.io.tiff_io import write_tiff
-
-        write_tiff(str(path), data, spacing, origin, **kwargs)
-    elif fmt == "nifti":
-        from meunet.data.io.nifti_io import write_nifti
-
-        write_nifti(str(path), np.asarray(data), spacing, origin, **kwargs)
-    else:
-        from meunet.data.io.nrrd_io import write_nrrd
-
-        write_nrrd(str(path), np.asarray(data), spacing, origin, **kwargs)
+    Path(split_hdf5_path(str(path))[0]).parent.mkdir(parents=True, exist_ok=True)
+    _module(fmt).write(str(path), data, spacing, origin, **kwargs)

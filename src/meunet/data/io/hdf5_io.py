@@ -6,8 +6,6 @@ Voxel size is read from the dataset attribute ``spacing`` (z, y, x), or
 
 from __future__ import annotations
 
-from typing import Any
-
 import h5py
 import numpy as np
 
@@ -28,7 +26,7 @@ def _volumes_in(f: h5py.File) -> list[str]:
     return names
 
 
-def open_hdf5(path: str) -> Volume:
+def read(path: str) -> Volume:
     """Open one dataset of an HDF5 file lazily (h5py reads only the hyperslab)."""
     from meunet.data.io import split_hdf5_path
 
@@ -75,14 +73,13 @@ def open_hdf5(path: str) -> Volume:
     )
 
 
-def write_hdf5(
+def write(
     path: str,
     data: np.ndarray | Volume,
     spacing: Spacing,
     origin: Spacing,
     chunks: tuple[int, int, int] | bool | None = True,
     compression: str | None = None,
-    **_: Any,
 ) -> None:
     """Write one dataset, slab by slab. An existing file gets the dataset added or replaced."""
     import os

@@ -20,7 +20,7 @@ from meunet.data.volume import Slices, Spacing, Volume, as_spacing
 from meunet.errors import VolumeError
 
 
-def open_nifti(path: str) -> Volume:
+def read(path: str) -> Volume:
     """Open a NIfTI-1/2 file; singleton trailing dimensions are dropped."""
     img = nib.load(path, keep_file_open=True)
     proxy = img.dataobj
@@ -54,7 +54,7 @@ def open_nifti(path: str) -> Volume:
     )
 
 
-def write_nifti(
+def write(
     path: str,
     data: np.ndarray,
     spacing: Spacing,

@@ -67,7 +67,7 @@ def _segments(header: dict[str, Any]) -> list[dict[str, Any]]:
     return segs
 
 
-def open_nrrd(path: str) -> Volume:
+def read(path: str) -> Volume:
     """Open an NRRD file or a Slicer ``.seg.nrrd`` label map."""
     with open(path, "rb") as fh:
         header = nrrd.read_header(fh)
@@ -125,14 +125,13 @@ def open_nrrd(path: str) -> Volume:
     )
 
 
-def write_nrrd(
+def write(
     path: str,
     data: np.ndarray,
     spacing: Spacing,
     origin: Spacing,
     encoding: str | None = None,
     segments: dict[int, str] | None = None,
-    **_: Any,
 ) -> None:
     """Write a (z, y, x) array as NRRD with its spacing and origin.
 
@@ -142,6 +141,7 @@ def write_nrrd(
     """
     if path.lower().endswith(".nhdr"):
         raise ValueError(f"{path}: meunet writes attached-header .nrrd files; use the .nrrd suffix")
+    data = np.ascontiguousarray(data)
     spacing = as_spacing(spacing, path)
     is_seg = path.lower().endswith(".seg.nrrd")
     header: dict[str, Any] = {
@@ -159,4 +159,4 @@ def write_nrrd(
             header[f"Segment{i}_LabelValue"] = str(value)
             header[f"Segment{i}_Layer"] = "0"
     with atomic_path(path) as tmp:
-        nrrd.write(tmp, np.ascontiguousarray(data), header, index_order="C")
+        nrrd.write(tmp, data, header, index_order="C")

@@ -21,7 +21,7 @@ def _sidecar(path: str) -> str:
     return path + ".json"
 
 
-def open_npy(path: str) -> Volume:
+def read(path: str) -> Volume:
     """Open a ``.npy`` file as a memory map (reads only the pages a crop touches)."""
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     if arr.ndim != 3:
@@ -46,7 +46,7 @@ def open_npy(path: str) -> Volume:
     )
 
 
-def write_npy(path: str, data: np.ndarray | Volume, spacing: Spacing, origin: Spacing) -> None:
+def write(path: str, data: np.ndarray | Volume, spacing: Spacing, origin: Spacing) -> None:
     """Write slab by slab into a memory-mapped ``.npy``, plus the spacing sidecar."""
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=data.dtype, shape=tuple(data.shape))

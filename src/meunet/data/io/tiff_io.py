@@ -65,7 +65,7 @@ def _check_3d(shape: tuple[int, ...], path: str, axes: str = "") -> tuple[int, i
     return (squeezed[0], squeezed[1], squeezed[2])
 
 
-def open_tiff(path: str) -> Volume:
+def read(path: str) -> Volume:
     """Open a multi-page TIFF file, or a folder of 2D TIFF slices."""
     if os.path.isdir(path):
         return _open_folder(path)
@@ -147,13 +147,12 @@ def _open_folder(folder: str) -> Volume:
     )
 
 
-def write_tiff(
+def write(
     path: str,
     data: np.ndarray | Volume,
     spacing: Spacing,
     origin: Spacing,
     compression: str | None = None,
-    **_: Any,
 ) -> None:
     """Write a multi-page file (suffix .tif/.tiff) or a folder of slices (no suffix).
 

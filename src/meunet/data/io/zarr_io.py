@@ -73,7 +73,7 @@ def _open_ome(
     return arr, spacing, origin, tuple(spatial)
 
 
-def open_zarr(path: str | Path) -> Volume:
+def read(path: str | Path) -> Volume:
     """Open a Zarr array, or an OME-Zarr group at level 0, lazily."""
     path = str(path)
     try:
@@ -239,7 +239,7 @@ def _ome_metadata(spacing: Spacing, origin: Spacing) -> dict[str, Any]:
     }
 
 
-def write_zarr(
+def write(
     path: str | Path,
     data: np.ndarray | Volume,
     spacing: Spacing = (1.0, 1.0, 1.0),
