@@ -1,0 +1,207 @@
+"""The 3D U-net of the paper, and its variants as configuration.
+
+One network serves every model of ``../shared/DESIGN.md`` 1.1-1.3:
+
+- ``UNet3D(cfg)`` with ``deep_head=False``: the plain 3D U-net.
+- ``deep_head=True``: meU-net. A second 1x1x1 head on the decoder's level-2
+  features serves the expanded patch (:meth:`UNet3D.forward_expanded`);
+  inference uses the plain path on any patch size.
+- ``extra_channels > 0``: the stage-2 U-net of a cascade, taking stage-1
+  one-hot maps either at the start of every decoder level, nearest-downsampled
+  to its resolution (``extra_mode="post"``, full-level post-concatenation), or
+  with the image at the input (``extra_mode="pre"``).
+- The low-resolution cascade's stage 1 is a plain U-net on a downsampled
+  volume: a data setting, not a network one.
+
+Levels count from 1 (full resolution) to ``len(encoder_channels)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+ExtraMode = Literal["post", "pre"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of a :class:`UNet3D`; the defaults are the paper's network."""
+
+    in_channels: int = 1  # image channels (modalities)
+    num_classes: int = 3  # output classes, background included
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 128, 128)  # levels 1 .. L
+    decoder_channels: tuple[int, ...] = (64, 32, 16, 16)  # levels L-1 .. 1
+    deep_head: bool = False  # meU-net: a level-2 head for the expanded patch
+    extra_channels: int = 0  # stage-1 one-hot maps given to a stage-2 network
+    extra_mode: ExtraMode = "post"  # where they enter: every decoder level, or the input
+    checkpointing: bool = False  # recompute each block in backward instead of storing it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
+        object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        if len(self.encoder_channels) < 2:
+            raise ValueError("a U-net needs at least 2 levels (encoder_channels)")
+        if len(self.decoder_channels) != len(self.encoder_channels) - 1:
+            raise ValueError(
+                f"decoder_channels needs {len(self.encoder_channels) - 1} entries (levels "
+                f"{len(self.encoder_channels) - 1} .. 1), got {len(self.decoder_channels)}"
+            )
+        if self.in_channels < 1 or self.num_classes < 2 or self.extra_channels < 0:
+            raise ValueError("need in_channels >= 1, num_classes >= 2 and extra_channels >= 0")
+        if self.extra_mode not in ("post", "pre"):
+            raise ValueError(f"extra_mode must be 'post' or 'pre', got {self.extra_mode!r}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.encoder_channels)
+
+    @property
+    def divisor(self) -> int:
+        """Input sizes are padded up to a multiple of this (2^(levels-1))."""
+        return 2 ** (self.levels - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encoder_channels"] = list(self.encoder_channels)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+
+class ConvBlock(nn.Sequential):
+    """Two (3x3x3 convolution, BatchNorm, ReLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def pad_to_multiple(x: Tensor, divisor: int) -> tuple[Tensor, tuple[int, int, int]]:
+    """Zero-pad the three spatial axes at their end up to a multiple of ``divisor``."""
+    size = tuple(int(n) for n in x.shape[2:])
+    target = tuple(-(-n // divisor) * divisor for n in size)
+    if target == size:
+        return x, size
+    pad = []
+    for n, t in zip(reversed(size), reversed(target), strict=True):
+        pad += [0, t - n]
+    return F.pad(x, pad), size
+
+
+class UNet3D(nn.Module):
+    """3D U-net: ``len(encoder_channels)`` levels, max-pool down, nearest up, skip concatenation.
+
+    Any spatial size works: inputs are zero-padded up to a multiple of
+    ``2^(levels-1)`` and outputs cropped back.
+
+    Example:
+        >>> net = UNet3D(UNetConfig(in_channels=2, num_classes=3))
+        >>> net(torch.zeros(1, 2, 40, 36, 52)).shape
+        torch.Size([1, 3, 40, 36, 52])
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        enc, dec = cfg.encoder_channels, cfg.decoder_channels
+        pre = cfg.extra_channels if cfg.extra_mode == "pre" else 0
+        post = cfg.extra_channels if cfg.extra_mode == "post" else 0
+        self.encoders = nn.ModuleList()
+        for i, c in enumerate(enc):
+            self.encoders.append(ConvBlock(cfg.in_channels + pre if i == 0 else enc[i - 1], c))
+        self.decoders = nn.ModuleList()
+        below = enc[-1]
+        for k, c in enumerate(dec):  # k = 0 is level L-1
+            skip = enc[len(dec) - 1 - k]
+            self.decoders.append(ConvBlock(below + skip + post, c))
+            below = c
+        self.head = nn.Conv3d(dec[-1], cfg.num_classes, 1)
+        self.head_level2 = nn.Conv3d(dec[-2], cfg.num_classes, 1) if cfg.deep_head else None
+
+    def _run(self, block: nn.Module, x: Tensor) -> Tensor:
+        if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def _check(self, x: Tensor, extra: Tensor | None) -> None:
+        if x.ndim != 5 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(
+                f"expected input (batch, {self.cfg.in_channels}, z, y, x), got {tuple(x.shape)}"
+            )
+        if self.cfg.extra_channels:
+            if extra is None:
+                raise ValueError(
+                    f"this stage-2 network needs {self.cfg.extra_channels} stage-1 channels (extra=)"
+                )
+            if extra.shape[1] != self.cfg.extra_channels or extra.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    f"extra maps have shape {tuple(extra.shape)}; expected "
+                    f"(batch, {self.cfg.extra_channels}, {', '.join(map(str, x.shape[2:]))})"
+                )
+        elif extra is not None:
+            raise ValueError("extra maps given to a network built without extra_channels")
+
+    def _encode(self, x: Tensor, extra: Tensor | None, level1: bool) -> list[Tensor | None]:
+        """Encoder features per level; ``level1=False`` runs level 1 without grad, keeps none of it."""
+        if extra is not None and self.cfg.extra_mode == "pre":
+            x = torch.cat([x, extra], dim=1)
+        with torch.set_grad_enabled(level1 and torch.is_grad_enabled()):
+            h = self._run(self.encoders[0], x)
+        skips: list[Tensor | None] = [h if level1 else None]
+        for block in self.encoders[1:]:
+            h = self._run(block, F.max_pool3d(h, 2))
+            skips.append(h)
+        return skips
+
+    def _decode(self, skips: list[Tensor | None], extra: Tensor | None, stop_level: int) -> Tensor:
+        h = skips[-1]
+        assert h is not None
+        post = extra is not None and self.cfg.extra_mode == "post"
+        for k, block in enumerate(self.decoders):
+            level = self.cfg.levels - 1 - k
+            if level < stop_level:
+                break
+            skip = skips[level - 1]
+            assert skip is not None
+            parts = [F.interpolate(h, size=skip.shape[2:], mode="nearest"), skip]
+            if post:
+                parts.append(F.interpolate(extra, size=skip.shape[2:], mode="nearest"))
+            h = self._run(block, torch.cat(parts, dim=1))
+        return h
+
+    def forward(self, x: Tensor, extra: Tensor | None = None) -> Tensor:
+        """Full-resolution logits (batch, classes, z, y, x): the standard path."""
+        self._check(x, extra)
+        x, size = pad_to_multiple(x, self.cfg.divisor)
+        if extra is not None:
+            extra, _ = pad_to_multiple(extra, self.cfg.divisor)
+        logits = self.head(self._decode(self._encode(x, extra, level1=True), extra, stop_level=1))
+        return logits[:, :, : size[0], : size[1], : size[2]]
+
+    def forward_expanded(self, x: Tensor, extra: Tensor | None = None) -> Tensor:
+        """Half-resolution logits of an expanded patch: meU-net's memory-saving path.
+
+        Level 1 of the encoder runs without gradients (its activations are never
+        stored); levels 2..L and the decoder down to level 2 run with them, and
+        the level-2 head predicts at half resolution (``ceil(size / 2)``).
+        """
+        if self.head_level2 is None:
+            raise ValueError("forward_expanded needs a network built with deep_head=True (meU-net)")
+        self._check(x, extra)
+        x, size = pad_to_multiple(x, self.cfg.divisor)
+        if extra is not None:
+            extra, _ = pad_to_multiple(extra, self.cfg.divisor)
+        skips = self._encode(x, extra, level1=False)
+        logits = self.head_level2(self._decode(skips, extra, stop_level=2))
+        return logits[:, :, : -(-size[0] // 2), : -(-size[1] // 2), : -(-size[2] // 2)]
