@@ -108,3 +108,19 @@ def test_check_brats4_prints_the_four_cases(
         line = next(line for line in out.splitlines() if line.startswith(case))
         assert "155x240x240" in line and str(edema) in line
     assert "OK: no problems found" in out
+
+
+def test_phantom_then_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "ph"
+    argv = ["phantom", "--out", str(out), "--cases", "3", "--shape", "48", "40", "40", "--seed", "5"]
+    assert main([*argv, "--quiet"]) == 0
+    assert main(["check", str(out / "dataset.yaml"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "case_000  train" in text and "48x40x40" in text and "hind-gut voxels" in text
+    assert "OK: no problems found" in text
+
+
+def test_phantom_bad_shape_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["phantom", "--out", str(tmp_path), "--shape", "16", "96", "96", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "at least 32 voxels" in err and "Traceback" not in err

@@ -14,12 +14,13 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from meunet.data import phantom
 from meunet.data.io import open_volume
 from meunet.data.phantom import (
     PhantomConfig,
+    dataset,
     make_phantom_dataset,
     phantom_geometry,
+    render,
     render_case,
     tube_map,
     write_case,
@@ -42,7 +43,7 @@ def _case(seed: int, case: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def test_same_seed_and_case_render_identically() -> None:
     image, label = render_case(CFG, 0, 0)
-    phantom._scene.cache_clear()  # rebuild the geometry from the seed, not from the cache
+    render._scene.cache_clear()  # rebuild the geometry from the seed, not from the cache
     image2, label2 = render_case(PhantomConfig(), 0, 0)
     assert image.dtype == np.uint16 and label.dtype == np.uint8
     assert image.shape == label.shape == CFG.shape
@@ -173,8 +174,9 @@ def test_write_case_other_format(tmp_path: Path) -> None:
 
 
 def test_make_phantom_dataset(tmp_path: Path) -> None:
-    path = make_phantom_dataset(tmp_path / "ph", cases=3, shape=(64, 48, 48), seed=4, progress=False)
-    assert path == tmp_path / "ph" / "dataset.yaml"
+    out = tmp_path / "ph"
+    path = make_phantom_dataset(out, cases=3, shape=(64, 48, 48), seed=4, progress=False)
+    assert path == out / "dataset.yaml"
     spec = yaml.safe_load(path.read_text())
     assert spec["name"] == "phantom"
     assert spec["classes"] == ["background", "mid-gut", "hind-gut"]
@@ -191,13 +193,20 @@ def test_make_phantom_dataset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("n", "sizes"),
-    [(1, (1, 0, 0)), (2, (1, 1, 0)), (3, (1, 1, 1)), (6, (4, 1, 1)), (12, (8, 2, 2)), (30, (20, 5, 5))],
+    [
+        (1, (1, 0, 0)),
+        (2, (1, 1, 0)),
+        (3, (1, 1, 1)),
+        (6, (4, 1, 1)),
+        (12, (8, 2, 2)),
+        (30, (20, 5, 5)),
+    ],
 )
 def test_split_sizes(n: int, sizes: tuple[int, int, int]) -> None:
     names = [f"case_{i:03d}" for i in range(n)]
-    split = phantom._split(names)
+    split = dataset._split(names)
     assert tuple(len(split[k]) for k in ("train", "val", "test")) == sizes
-    assert sum(split.values(), []) == names
+    assert [name for part in split.values() for name in part] == names
 
 
 # ----------------------------------------------------------------- bad inputs
@@ -239,12 +248,12 @@ def test_big_case_refused_outside_zarr(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_paper_scale_case_streams_in_bounded_memory(tmp_path: Path) -> None:
+    image, label = str(tmp_path / "image.zarr"), str(tmp_path / "label.zarr")
     code = textwrap.dedent(
         f"""
         from meunet.data.phantom import PhantomConfig, write_case
         cfg = PhantomConfig(shape=(1072, 470, 470))
-        counts = write_case(cfg, 0, 0, {str(tmp_path / "image.zarr")!r}, {str(tmp_path / "label.zarr")!r})
-        print(counts)
+        print(write_case(cfg, 0, 0, {image!r}, {label!r}))
         """
     )
     start = time.perf_counter()

@@ -1,7 +1,8 @@
 """``meunet``: one command, with subcommands.
 
-Each subcommand parses its arguments and calls the library; user errors
-(:class:`~meunet.errors.MeunetError`) print one line and exit with status 2.
+Each subcommand parses its arguments and calls the library; errors caused
+by the input (:class:`~meunet.errors.MeunetError`, and ``ValueError`` from
+argument validation) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except MeunetError as e:
+    except (MeunetError, ValueError) as e:  # bad input: one line, no traceback
         print(f"meunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

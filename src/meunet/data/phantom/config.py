@@ -1,0 +1,59 @@
+"""What a phantom case looks like: :class:`PhantomConfig` and the constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLASSES = ("background", "mid-gut", "hind-gut")
+MIN_SIZE = 32  # voxels per axis; below this the tubes no longer fit in the body
+_REFERENCE_SIZE = 96.0  # geometry defaults are in voxels at min(y, x) = 96
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What a phantom case looks like. Lengths are voxels at min(y, x) = 96."""
+
+    shape: tuple[int, int, int] = (128, 96, 96)  # (z, y, x) voxels; each axis >= 32
+    # Voxel size in micrometres, like the paper's fly scans.
+    spacing: tuple[float, float, float] = (2.95, 2.95, 2.95)
+    midgut_radius: float = 6.0  # scaled by min(y, x) / 96
+    hindgut_ratio: float = 1 / 3  # hind-gut radius / mid-gut radius
+    midgut_share: float = 0.08  # mid-gut volume / body volume
+    hindgut_share: tuple[float, float] = (0.045, 0.07)  # hind-gut / foreground, drawn per case
+    persistence: float = 4.0  # centreline persistence length in mid-gut radii (smaller: curlier)
+    thin_distractors: tuple[int, int] = (2, 4)  # inclusive range of hind-gut-like label-0 tubes
+    thick_distractor_p: float = 0.5  # chance of one mid-gut-like label-0 tube
+    gap: float = 3.0  # clearance between distinct tubes beyond their radii; scaled
+    air_level: float = 3000.0  # grey values of the uint16 image
+    body_level: float = 14000.0
+    tube_level: float = 26000.0
+    noise_sd: float = 1500.0  # per-voxel Gaussian noise, the same everywhere
+    body_texture_sd: float = 1500.0
+    tube_texture_sd: float = 500.0
+    texture_waves: int = 3  # low-frequency 3D sinusoids per texture
+    body_period: tuple[float, float] = (16.0, 48.0)  # range of the body texture's periods; scaled
+    tube_period: tuple[float, float] = (6.0, 16.0)  # range of the tube texture's periods; scaled
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 3 or min(shape) < MIN_SIZE:
+            raise ValueError(
+                f"phantom shape {tuple(self.shape)}: need three axes (z, y, x) of at least "
+                f"{MIN_SIZE} voxels each, e.g. (128, 96, 96)"
+            )
+        object.__setattr__(self, "shape", shape)
+        if not 0 < self.hindgut_ratio < 1 or not 0 < self.midgut_share < 0.5:
+            raise ValueError("hindgut_ratio must lie in (0, 1) and midgut_share in (0, 0.5)")
+        if not 0 < self.hindgut_share[0] <= self.hindgut_share[1] < 0.5:
+            raise ValueError(f"hindgut_share {self.hindgut_share}: need 0 < low <= high < 0.5")
+
+    @property
+    def scale(self) -> float:
+        """Size of this volume relative to the reference min(y, x) = 96."""
+        return min(self.shape[1:]) / _REFERENCE_SIZE
+
+    @property
+    def radii(self) -> tuple[float, float]:
+        """Mid-gut and hind-gut radii in voxels at this shape."""
+        r1 = max(3.0, self.midgut_radius * self.scale)
+        return r1, max(1.0, r1 * self.hindgut_ratio)
