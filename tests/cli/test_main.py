@@ -112,7 +112,19 @@ def test_check_brats4_prints_the_four_cases(
 
 def test_phantom_then_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "ph"
-    argv = ["phantom", "--out", str(out), "--cases", "3", "--shape", "48", "40", "40", "--seed", "5"]
+    argv = [
+        "phantom",
+        "--out",
+        str(out),
+        "--cases",
+        "3",
+        "--shape",
+        "48",
+        "40",
+        "40",
+        "--seed",
+        "5",
+    ]
     assert main([*argv, "--quiet"]) == 0
     assert main(["check", str(out / "dataset.yaml"), "--quiet"]) == 0
     text = capsys.readouterr().out

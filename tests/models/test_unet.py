@@ -188,3 +188,18 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path) -> None:
         load_model(tmp_path / "bad.pt")
     with pytest.raises(MeunetError, match="checkpoint not found"):
         load_model(tmp_path / "none.pt")
+
+
+def test_level1_by_sample_equals_a_batched_forward_and_updates_bn_the_same() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    block = _build("meunet").encoders[0].train()
+    ref = copy.deepcopy(block)
+    x = torch.randn(3, 2, 24, 20, 16) * 3 + 1
+    with torch.no_grad():
+        expected = F.max_pool3d(ref(x), 2)
+        got = block.forward_pooled_by_sample(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(block.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6, msg=name)

@@ -8,8 +8,10 @@ argument validation) print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from meunet.errors import MeunetError
 
@@ -76,6 +78,87 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
         args.out, cases=cases, shape=shape, seed=args.seed, fmt=args.format, progress=not args.quiet
     )
     print(f"wrote {cases} case(s) of shape {shape} and {path}")
+    return 0
+
+
+def _memory_config(args: argparse.Namespace, patch: int) -> Any:
+    from meunet.memory import MemoryConfig
+
+    return MemoryConfig(
+        model=args.model,
+        patch=patch,
+        k=args.k,
+        batch=args.batch,
+        amp=args.amp,
+        checkpointing=args.checkpointing,
+        device=args.device,
+        in_channels=args.in_channels,
+        num_classes=args.classes,
+    )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _describe(r: dict[str, Any]) -> str:
+    c = r["config"]
+    size = f"{c['patch']}^3" + (
+        f" (expanded {r['expanded']}^3, k {c['k']:g})" if r["expanded"] else ""
+    )
+    return (
+        f"{c['model']}  patch {size}  batch {c['batch']}  {r['device_name']}  "
+        f"checkpointing {'on' if c['checkpointing'] else 'off'}  amp {'on' if c['amp'] else 'off'}"
+    )
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    from meunet.memory import measure
+
+    r = measure(_memory_config(args, args.patch))
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    counter = (
+        "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "peak of live tensor bytes"
+    )
+    print(_describe(r))
+    print(f"  training step peak        {_gib(r['peak_bytes'])}  ({counter})")
+    print(
+        f"  between steps             {_gib(r['between_steps_bytes'])}  (weights, gradients, Adam state, batch)"
+    )
+    print(
+        f"  saved for backward        {_gib(r['saved_for_backward_bytes'])}  (lower bound, for information)"
+    )
+    print(f"  process RSS growth        {_gib(r['rss_growth_bytes'])}  (noisy, for information)")
+    print(f"  step time                 {r['step_seconds']:.2f} s")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from meunet.memory import parse_bytes, plan_patch
+
+    budget = parse_bytes(args.budget)
+    models = [args.model] + (["unet"] if args.model == "meunet" and not args.no_compare else [])
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for model in models:
+        args_m = argparse.Namespace(**{**vars(args), "model": model})
+        result = plan_patch(
+            _memory_config(args_m, 32), budget, max_patch=args.max_patch, progress=log
+        )
+        print(f"\n{model}: budget {_gib(budget)}")
+        for r in result.measured:
+            mark = "fits" if r["peak_bytes"] <= budget else "over"
+            print(f"  {_describe(r)}: {_gib(r['peak_bytes'])}  {mark}")
+        if result.cfg is not None:
+            exp = f" (expanded {result.cfg.expanded}^3)" if result.cfg.expanded else ""
+            print(f"  => largest patch: {result.cfg.patch}^3{exp}")
+        else:
+            print(
+                "  => not even a 16^3 patch fits: lower the batch, turn on --checkpointing or --amp"
+            )
     return 0
 
 
@@ -147,6 +230,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
+
+    def add_training_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            default="meunet",
+            help="unet, meunet, cascade-post, cascade-pre, lowres (default meunet)",
+        )
+        p.add_argument(
+            "--k", type=float, default=1.5, help="meU-net expansion factor (default 1.5)"
+        )
+        p.add_argument("--batch", type=int, default=4, help="patches per step (default 4)")
+        p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA)")
+        p.add_argument(
+            "--checkpointing", action="store_true", help="gradient checkpointing per block"
+        )
+        p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+        p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
+        p.add_argument(
+            "--classes", type=int, default=3, help="classes, background included (default 3)"
+        )
+
+    p = sub.add_parser(
+        "memory", help="measure the peak memory of real training steps (fresh subprocess)"
+    )
+    p.add_argument("--patch", type=int, default=64, help="standard patch side P (default 64)")
+    add_training_options(p)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=_cmd_memory)
+
+    p = sub.add_parser(
+        "plan", help="find, by measuring, the largest patch that fits a memory budget"
+    )
+    p.add_argument("--budget", required=True, help="memory budget, e.g. 16GB (powers of 1024)")
+    add_training_options(p)
+    p.add_argument("--max-patch", type=int, default=512, help="largest patch tried (default 512)")
+    p.add_argument(
+        "--no-compare", action="store_true", help="for meunet, skip planning a U-net too"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("info", help="print a volume's shape, dtype, spacing and format")
     p.add_argument("volume")

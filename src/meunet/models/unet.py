@@ -18,6 +18,7 @@ Levels count from 1 (full resolution) to ``len(encoder_channels)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -85,6 +86,65 @@ class ConvBlock(nn.Sequential):
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
+
+    @torch.no_grad()
+    def forward_pooled_by_sample(self, x: Tensor) -> Tensor:
+        """``max_pool3d(self(x), 2)`` without gradients, holding one sample's full maps at a time.
+
+        meU-net's expanded patch goes through level 1 without gradients, but a
+        plain forward still holds the whole batch's full-resolution maps (two
+        of them at once inside the block), which at large k becomes the peak of
+        the whole training step. Here each sample passes alone; training-mode
+        BatchNorm still normalises with the statistics of the whole batch,
+        gathered (in float64) by extra passes over the samples, and updates its
+        running statistics once, as a batched forward would. The price is
+        recomputing the first convolution twice and the second once.
+        """
+        conv1, bn1, relu1, conv2, bn2, relu2 = self
+        if not (self.training and x.shape[0] > 1):
+            return F.max_pool3d(self(x), 2)
+        samples = x.split(1)
+
+        def first(xi: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+            return relu1(_normalise(bn1, conv1(xi), *stats))
+
+        stats1 = _batch_stats(bn1, samples, conv1)
+        stats2 = _batch_stats(bn2, samples, lambda xi: conv2(first(xi, stats1)))
+        return torch.cat(
+            [
+                F.max_pool3d(relu2(_normalise(bn2, conv2(first(xi, stats1)), *stats2)), 2)
+                for xi in samples
+            ]
+        )
+
+
+def _batch_stats(
+    bn: nn.BatchNorm3d, samples: tuple[Tensor, ...], fn: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Batch mean and biased variance of ``fn`` over the samples; updates ``bn``'s running stats."""
+    total = sq = None
+    count = 0
+    dims = (0, 2, 3, 4)
+    for xi in samples:
+        y = fn(xi)
+        s, q = y.sum(dims, dtype=torch.float64), y.square().sum(dims, dtype=torch.float64)
+        total, sq = (s, q) if total is None else (total + s, sq + q)
+        count += y.numel() // y.shape[1]
+        del y
+    assert total is not None and sq is not None
+    mean = total / count
+    var = (sq / count - mean.square()).clamp_min(0)
+    if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+        m = bn.momentum if bn.momentum is not None else 1.0 / (int(bn.num_batches_tracked) + 1)
+        bn.running_mean.mul_(1 - m).add_(m * mean.to(bn.running_mean.dtype))
+        unbiased = var * count / max(count - 1, 1)
+        bn.running_var.mul_(1 - m).add_(m * unbiased.to(bn.running_var.dtype))
+        bn.num_batches_tracked.add_(1)
+    return mean.float(), var.float()
+
+
+def _normalise(bn: nn.BatchNorm3d, y: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    return F.batch_norm(y, mean, var, bn.weight, bn.bias, training=False, eps=bn.eps)
 
 
 def pad_to_multiple(x: Tensor, divisor: int) -> tuple[Tensor, tuple[int, int, int]]:
@@ -156,11 +216,17 @@ class UNet3D(nn.Module):
         """Encoder features per level; ``level1=False`` runs level 1 without grad, keeps none of it."""
         if extra is not None and self.cfg.extra_mode == "pre":
             x = torch.cat([x, extra], dim=1)
-        with torch.set_grad_enabled(level1 and torch.is_grad_enabled()):
+        if level1:
             h = self._run(self.encoders[0], x)
-        skips: list[Tensor | None] = [h if level1 else None]
-        for block in self.encoders[1:]:
-            h = self._run(block, F.max_pool3d(h, 2))
+            skips: list[Tensor | None] = [h]
+            h = F.max_pool3d(h, 2)
+        else:
+            h = self.encoders[0].forward_pooled_by_sample(x)
+            skips = [None]
+        for i, block in enumerate(self.encoders[1:]):
+            if i:
+                h = F.max_pool3d(h, 2)
+            h = self._run(block, h)
             skips.append(h)
         return skips
 

@@ -1,0 +1,96 @@
+"""Find, by measuring, the largest patch whose training step fits a memory budget."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from meunet.memory.measure import DIVISOR, MemoryConfig, measure
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse "16GB", "16GiB", "500M", "2.5 G" into bytes (powers of 1024, as GPU tools report).
+
+    Example:
+        >>> parse_bytes("16GB") == 16 * 2**30
+        True
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read memory size {text!r}; write e.g. 16GB, 512MB or 2.5G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass
+class PlanResult:
+    """The largest fitting patch and every measurement that led to it."""
+
+    cfg: MemoryConfig | None  # with the chosen patch; None: even the smallest does not fit
+    budget: int
+    measured: list[dict[str, Any]]
+
+    @property
+    def fits(self) -> bool:
+        return self.cfg is not None
+
+
+def plan_patch(
+    base: MemoryConfig,
+    budget: int,
+    measure_fn: Callable[[MemoryConfig], dict[str, Any]] | None = None,
+    max_patch: int = 512,
+    progress: Callable[[str], None] | None = None,
+) -> PlanResult:
+    """Largest standard patch P (a multiple of 16) whose measured step peak is within ``budget``.
+
+    The search keeps the largest P measured to fit and the smallest measured
+    not to, and measures next where a * P^3 + b, drawn through the two nearest
+    measurements, meets the budget (never more than doubling P at once, so
+    that no step measures a far oversized patch). It ends when the two are 16
+    apart: the answer is bracketed by measurements.
+    """
+    measure_fn = measure_fn or measure
+    cache: dict[int, int] = {}
+    results: dict[int, dict[str, Any]] = {}
+
+    def fits(p: int) -> bool:
+        if p not in cache:
+            if progress:
+                progress(f"measuring {base.model} patch {p}^3 ...")
+            results[p] = measure_fn(replace(base, patch=p))
+            cache[p] = int(results[p]["peak_bytes"])
+        return cache[p] <= budget
+
+    def done(p: int) -> PlanResult:
+        cfg = replace(base, patch=p) if p else None
+        return PlanResult(cfg, budget, [results[k] for k in sorted(results)])
+
+    step = DIVISOR
+    if not fits(step):
+        return done(0)
+    lo, hi = step, None  # largest fitting, smallest over budget
+    while (hi is None or hi - lo > step) and lo + step <= max_patch:
+        below = [p for p in cache if p <= lo]
+        a = sorted(below)[-2] if len(below) > 1 else None
+        if hi is not None:
+            p0, p1 = lo, hi
+        elif a is not None:
+            p0, p1 = a, lo
+        else:
+            p0 = p1 = lo
+        if p0 == p1:
+            guess = 2 * lo
+        else:
+            slope = max((cache[p1] - cache[p0]) / (p1**3 - p0**3), 1e-9)
+            guess = ((budget - cache[p0]) / slope + p0**3) ** (1 / 3)
+        upper = min(max_patch, 2 * lo, (hi - step) if hi is not None else max_patch)
+        p = int(min(max(guess // step * step, lo + step), upper))
+        if fits(p):
+            lo = p
+        else:
+            hi = p
+    return done(lo)

@@ -1,0 +1,1 @@
+"""Training: the paper's loss, one training step, and (later) the training loop."""
