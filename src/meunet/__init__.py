@@ -1,31 +1,47 @@
 """meunet: memory-efficient segmentation of very large 3D images.
 
->>> import meunet
->>> vol = meunet.open_volume("scan.zarr")      # doctest: +SKIP
->>> spec = meunet.load_spec("dataset.yaml")    # doctest: +SKIP
+    >>> import meunet
+    >>> vol = meunet.open_volume("scan.zarr")      # doctest: +SKIP
+    >>> spec = meunet.load_spec("dataset.yaml")    # doctest: +SKIP
+    >>> net = meunet.create_model("meunet")        # doctest: +SKIP
+
+Names are imported on first use, so that ``import meunet.models`` (e.g. on a
+GPU machine that lacks the I/O libraries) does not pull in every format reader.
 """
 
 from __future__ import annotations
 
-from meunet.data.check import check_dataset
-from meunet.data.convert import convert
-from meunet.data.io import ZarrSlabWriter, open_volume, write_volume
-from meunet.data.spec import DatasetSpec, load_spec
-from meunet.data.volume import Volume
-from meunet.errors import MeunetError, SpecError, VolumeError
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DatasetSpec",
-    "MeunetError",
-    "SpecError",
-    "Volume",
-    "VolumeError",
-    "ZarrSlabWriter",
-    "check_dataset",
-    "convert",
-    "load_spec",
-    "open_volume",
-    "write_volume",
-]
+_WHERE = {
+    "DatasetSpec": "meunet.data.spec",
+    "load_spec": "meunet.data.spec",
+    "check_dataset": "meunet.data.check",
+    "convert": "meunet.data.convert",
+    "ZarrSlabWriter": "meunet.data.io",
+    "open_volume": "meunet.data.io",
+    "write_volume": "meunet.data.io",
+    "Volume": "meunet.data.volume",
+    "MeunetError": "meunet.errors",
+    "SpecError": "meunet.errors",
+    "VolumeError": "meunet.errors",
+    "UNetConfig": "meunet.models",
+    "create_model": "meunet.models",
+    "load_model": "meunet.models",
+    "save_model": "meunet.models",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'meunet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

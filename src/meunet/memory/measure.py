@@ -200,10 +200,10 @@ def measure_here(cfg: MemoryConfig) -> dict[str, Any]:
     cuda = cfg.device.startswith("cuda")
     for _ in range(cfg.steps - 1):
         step()
+    saved = _saved_for_backward(model, batch, cfg.amp)  # before the CUDA peak is reset
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    saved = _saved_for_backward(model, batch)
     base = _live_bytes(model, optimizer, batch) if not cuda else torch.cuda.memory_allocated()
     t0 = time.perf_counter()
     if cuda:
@@ -234,7 +234,7 @@ def measure_here(cfg: MemoryConfig) -> dict[str, Any]:
     }
 
 
-def _saved_for_backward(model: Any, batch: Any) -> int:
+def _saved_for_backward(model: Any, batch: Any, amp: bool) -> int:
     """Bytes of the distinct storages autograd saves in the forward passes of a step."""
     import torch
 
@@ -246,7 +246,8 @@ def _saved_for_backward(model: Any, batch: Any) -> int:
         return t
 
     total = 0
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    autocast = torch.autocast(batch.image.device.type, dtype=torch.float16, enabled=amp)
+    with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         if batch.expanded_image is not None:
             out = model.forward_expanded(batch.expanded_image, batch.expanded_extra)
             total += sum(sizes.values())
