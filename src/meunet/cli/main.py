@@ -157,7 +157,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print(f"  => largest patch: {result.cfg.patch}^3{exp}")
         else:
             print(
-                "  => not even a 16^3 patch fits: lower the batch, turn on --checkpointing or --amp"
+                "  => not even a 32^3 patch fits: lower the batch, turn on --checkpointing or --amp"
             )
     return 0
 

@@ -45,7 +45,7 @@ def plan_patch(
     max_patch: int = 512,
     progress: Callable[[str], None] | None = None,
 ) -> PlanResult:
-    """Largest standard patch P (a multiple of 16) whose measured step peak is within ``budget``.
+    """Largest standard patch P (a multiple of 16, at least 32) whose measured step peak fits ``budget``.
 
     The search keeps the largest P measured to fit and the smallest measured
     not to, and measures next where a * P^3 + b, drawn through the two nearest
@@ -70,9 +70,10 @@ def plan_patch(
         return PlanResult(cfg, budget, [results[k] for k in sorted(results)])
 
     step = DIVISOR
-    if not fits(step):
+    smallest = 2 * DIVISOR  # at 16^3 the deepest level is 1 voxel: BatchNorm cannot train on it
+    if not fits(smallest):
         return done(0)
-    lo, hi = step, None  # largest fitting, smallest over budget
+    lo, hi = smallest, None  # largest fitting, smallest over budget
     while (hi is None or hi - lo > step) and lo + step <= max_patch:
         below = [p for p in cache if p <= lo]
         a = sorted(below)[-2] if len(below) > 1 else None
