@@ -162,6 +162,34 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meunet.data.spec import load_spec
+    from meunet.training.config import load_config
+    from meunet.training.loop import train
+
+    cfg = load_config(args.config, args.set)
+    spec = load_spec(args.data)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    best = train(cfg, spec, out, resume=args.resume, progress=not args.quiet)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def _cmd_train_cascade(args: argparse.Namespace) -> int:
+    from meunet.data.spec import load_spec
+    from meunet.training.cascade import train_cascade
+    from meunet.training.config import load_config
+
+    base = load_config(args.config, args.set)
+    spec = load_spec(args.data)
+    out = args.out or f"runs/cascade-{args.mode}"
+    best = train_cascade(spec, out, mode=args.mode, base=base, progress=not args.quiet)
+    print(f"stage-2 checkpoint: {best}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meunet",
@@ -270,6 +298,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("train", help="train a network (configs/*.yaml) on a dataset.yaml")
+    p.add_argument("config", help="training config, e.g. configs/meunet.yaml")
+    p.add_argument("--data", required=True, help="the dataset.yaml (train and val splits)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config setting (repeatable)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "train-cascade", help="train both stage-1 branches, predict every case, train stage 2"
+    )
+    p.add_argument("--data", required=True, help="the dataset.yaml")
+    p.add_argument(
+        "--config", default=None, help="base training config (patch, channels, epochs...)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("post", "pre", "lowres"),
+        default="post",
+        help="stage connection (default post, the paper's)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base setting (repeatable)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (default runs/cascade-MODE); rerun to resume"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train_cascade)
 
     p = sub.add_parser("info", help="print a volume's shape, dtype, spacing and format")
     p.add_argument("volume")

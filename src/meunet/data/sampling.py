@@ -1,0 +1,539 @@
+"""Training patches from volumes that need not fit in memory (DESIGN.md 1.4).
+
+Candidate patches are cubes of side P on a grid with step s = P/2 along each
+axis, starting at 0 and running until a patch reaches the far end of the
+volume, which is zero-padded (:func:`grid_positions`). Inference uses the same
+grid, so a patch seen in training sits where a sliding window would.
+
+Each epoch keeps every candidate that holds foreground and each "background"
+candidate (background fraction >= ``bg_threshold``, padding counted as
+background) with probability ``bg_keep``: the paper's roulette. The draw
+depends on ``(seed, epoch)`` only.
+
+No label volume is ever read whole. At construction each label volume is
+streamed once in z-slabs of depth s and reduced to voxel counts per class per
+cell of side s; a candidate covers 2 x 2 x 2 cells, so its class counts are a
+sum of eight cells. Images are streamed once for their per-channel mean and
+standard deviation. Training reads crops only: :meth:`PatchSampler.dataset`
+opens the volumes in each worker process and reads the in-bounds part of each
+patch.
+
+Example:
+    >>> spec = load_spec("runs/phantom/dataset.yaml")              # doctest: +SKIP
+    >>> cfg = SamplerConfig(patch=64)
+    >>> sampler = PatchSampler(spec, spec.training_ids(), cfg)     # doctest: +SKIP
+    >>> refs = sampler.epoch(0)                                    # doctest: +SKIP
+    >>> weights = class_weights(sampler.class_counts(refs))        # doctest: +SKIP
+    >>> loader = DataLoader(sampler.dataset(refs), batch_size=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from meunet.data.io import open_volume
+from meunet.data.spec import DatasetSpec
+from meunet.data.volume import Volume, slab_depth
+from meunet.errors import SpecError, VolumeError
+
+MIN_PATCH = 16  # below this the U-net's four poolings leave less than one voxel
+MAX_PATCH = 512  # per-cell counts are uint32: (512 / 2)^3 voxels fit easily
+STREAM_BYTES = 32 << 20  # float64 bytes of one slab while streaming statistics
+
+Start = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How training patches are drawn.
+
+    Raises:
+        ValueError: for a patch side that is odd, < 16 or > 512, an expanded
+            side that is odd or smaller than the patch, or probabilities
+            outside [0, 1].
+    """
+
+    patch: int = 64  # standard patch side P (cubic patches)
+    expanded: int = 0  # side of meU-net's expanded patch (same centre), 0 = none
+    bg_threshold: float = 0.99  # a candidate whose background fraction >= this is "background"
+    bg_keep: float = 0.1  # probability that a background candidate is kept in an epoch
+    max_patches: int = 0  # cap per epoch after shuffling (0 = no cap)
+
+    def __post_init__(self) -> None:
+        p, e = self.patch, self.expanded
+        if p % 2:
+            raise ValueError(
+                f"patch side {p} is odd; the half-overlap grid needs an even side: use {p + 1}"
+            )
+        if p < MIN_PATCH:
+            raise ValueError(f"patch side {p} is below {MIN_PATCH}: use at least {MIN_PATCH}")
+        if p > MAX_PATCH:
+            raise ValueError(
+                f"patch side {p} is above {MAX_PATCH}: use at most {MAX_PATCH} "
+                "(or a downsampled dataset for more context)"
+            )
+        if e and (e % 2 or e < p):
+            raise ValueError(
+                f"expanded side {e} must be even and at least the patch side {p} "
+                f"(or 0 for none): use e.g. {max(p, e + e % 2)}"
+            )
+        if not 0.0 < self.bg_threshold <= 1.0:
+            raise ValueError(f"bg_threshold must be in (0, 1], got {self.bg_threshold}")
+        if not 0.0 <= self.bg_keep <= 1.0:
+            raise ValueError(f"bg_keep must be a probability in [0, 1], got {self.bg_keep}")
+        if self.max_patches < 0:
+            raise ValueError(f"max_patches must be >= 0 (0 = no cap), got {self.max_patches}")
+
+
+@dataclass(frozen=True)
+class PatchRef:
+    """One standard patch: its case and (z, y, x) corner.
+
+    The patch may run past the far end of the volume; that part is zero padding.
+    """
+
+    case: str
+    start: Start
+
+
+def grid_positions(n: int, patch: int) -> list[int]:
+    """Starts of the half-overlap windows covering an axis of ``n`` voxels.
+
+    Positions are 0, s, 2s, ... (s = ``patch // 2``) up to the first whose
+    window reaches the end (``pos + patch >= n``); the rest is zero padding.
+
+    Example:
+        >>> grid_positions(33, 16)
+        [0, 8, 16, 24]
+        >>> grid_positions(10, 16)
+        [0]
+    """
+    if n < 1 or patch < 2 or patch % 2:
+        raise ValueError(f"need n >= 1 and an even patch >= 2, got n={n}, patch={patch}")
+    out = [0]
+    while out[-1] + patch < n:
+        out.append(out[-1] + patch // 2)
+    return out
+
+
+@dataclass(frozen=True)
+class _CaseFiles:
+    """Paths a dataset worker opens for one case (picklable, unlike open volumes)."""
+
+    images: tuple[str, ...]
+    label: str
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _CaseGrid:
+    """A case's candidates: grid starts per axis and voxel counts per class."""
+
+    positions: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    counts: np.ndarray  # (C, gz, gy, gx) int64: real voxels per class in each candidate
+    background: np.ndarray  # (gz, gy, gx) float64: background fraction, padding included
+
+
+class PatchSampler:
+    """The paper's patch sampler over the labelled cases of a dataset.
+
+    Args:
+        spec: The dataset.
+        case_ids: Cases to sample from (e.g. ``spec.training_ids()``); each needs a label.
+        cfg: Patch sides and roulette settings.
+        extra: Case id -> paths of extra label volumes (class indices, e.g. a
+            cascade's stage-1 predictions), the same shape as the case; given
+            to the network as one-hot channels.
+        seed: Seed of the roulette and shuffle (with the epoch number).
+        progress: Show a progress bar while streaming the volumes.
+
+    Attributes:
+        normalisation: Case id -> per-channel (mean, std) of the whole image.
+
+    Raises:
+        ValueError: for an empty or unknown case list, or extra paths missing for a case.
+        SpecError: for a case without label.
+        VolumeError: for volumes whose shapes differ from the case's label, naming the file.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        case_ids: Sequence[str],
+        cfg: SamplerConfig,
+        extra: Mapping[str, Sequence[str | Path]] | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.spec = spec
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.case_ids = _check_cases(spec, case_ids)
+        self._files = {cid: _case_files(spec, cid, extra) for cid in self.case_ids}
+        shapes = {cid: _check_shapes(cid, files) for cid, files in self._files.items()}
+
+        total = sum(s[0] * (1 + len(spec.channels)) for s in shapes.values())
+        self.normalisation: dict[str, list[tuple[float, float]]] = {}
+        self._grids: dict[str, _CaseGrid] = {}
+        with tqdm(total=total, desc="sampler", unit="slice", disable=not progress) as bar:
+            for cid, files in self._files.items():
+                with open_volume(files.label) as label:
+                    self._grids[cid] = _case_grid(spec, cid, label, cfg.patch, bar.update)
+                self.normalisation[cid] = []
+                for path in files.images:
+                    with open_volume(path) as vol:
+                        self.normalisation[cid].append(channel_stats(vol, bar.update))
+
+    @property
+    def num_candidates(self) -> int:
+        """Number of candidate patches over all cases."""
+        return sum(g.background.size for g in self._grids.values())
+
+    def candidates(self) -> list[PatchRef]:
+        """Every candidate: cases in the given order, then grid (z, y, x) in C order."""
+        return self._refs(np.arange(self.num_candidates))
+
+    def background_fractions(self) -> np.ndarray:
+        """Background fraction of each candidate, in :meth:`candidates` order (padding counts)."""
+        return np.concatenate([g.background.ravel() for g in self._grids.values()])
+
+    def epoch(self, epoch: int) -> list[PatchRef]:
+        """The patches of one epoch: roulette, then shuffle, then cap.
+
+        Depends on ``(seed, epoch)`` only: the same arguments give the same list.
+        """
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        background = self.background_fractions() >= self.cfg.bg_threshold
+        keep = ~background | (rng.random(background.size) < self.cfg.bg_keep)
+        order = rng.permutation(np.flatnonzero(keep))
+        if self.cfg.max_patches:
+            order = order[: self.cfg.max_patches]
+        return self._refs(order)
+
+    def class_counts(self, refs: Sequence[PatchRef]) -> np.ndarray:
+        """Voxels per class, shape ``(num_classes,)`` int64, over these standard patches.
+
+        Only voxels inside the volumes count (padding is no class). The refs
+        must be candidates of this sampler.
+        """
+        out = np.zeros(self.spec.num_classes, np.int64)
+        step = self.cfg.patch // 2
+        for ref in refs:
+            grid = self._grids.get(ref.case)
+            idx = tuple(s // step for s in ref.start)
+            if (
+                grid is None
+                or any(s % step for s in ref.start)
+                or not all(0 <= i < n for i, n in zip(idx, grid.background.shape, strict=True))
+            ):
+                raise ValueError(f"{ref} is not a candidate of this sampler (grid step {step})")
+            out += grid.counts[(slice(None), *idx)]
+        return out
+
+    def dataset(self, refs: Sequence[PatchRef]) -> PatchDataset:
+        """A map-style dataset reading these patches lazily (see :class:`PatchDataset`)."""
+        unknown = sorted({r.case for r in refs} - set(self._files))
+        if unknown:
+            raise ValueError(
+                f"patches of cases {unknown[:5]} were asked for, but this sampler holds "
+                f"only {list(self.case_ids)[:5]}...: build the sampler with those cases"
+            )
+        return PatchDataset(
+            self.spec, refs, self._files, self.normalisation, self.cfg.patch, self.cfg.expanded
+        )
+
+    def _refs(self, indices: np.ndarray) -> list[PatchRef]:
+        """Candidates by index into the :meth:`candidates` order."""
+        grids = list(self._grids.items())
+        ends = np.cumsum([g.background.size for _, g in grids])
+        which = np.searchsorted(ends, indices, side="right")
+        local = indices - np.concatenate([[0], ends])[which]
+        corners = np.zeros((len(indices), 3), np.int64)
+        for n in np.unique(which):
+            sel = which == n
+            grid = grids[n][1]
+            for axis, i in enumerate(np.unravel_index(local[sel], grid.background.shape)):
+                corners[sel, axis] = np.asarray(grid.positions[axis])[i]
+        ids = [cid for cid, _ in grids]
+        return [
+            PatchRef(ids[n], (z, y, x))
+            for n, (z, y, x) in zip(which.tolist(), corners.tolist(), strict=True)
+        ]
+
+
+class PatchDataset(Dataset[dict[str, torch.Tensor]]):
+    """Patches read from disk on demand, ready for a ``DataLoader``.
+
+    Item ``i`` is a dict of tensors:
+
+    - ``image``: float32 (channels, P, P, P), normalised per case and channel;
+    - ``label``: int64 (P, P, P) class indices;
+    - with an expanded side E: ``expanded_image`` float32 (channels, E, E, E)
+      with the same centre (corner ``start - (E - P) // 2``) and
+      ``expanded_label`` int64 (E/2, E/2, E/2), the expanded label taken
+      every second voxel;
+    - with extra volumes: ``extra`` float32 (branches * num_classes, P, P, P)
+      one-hot maps, branch-major, and ``expanded_extra`` at E likewise.
+
+    Outside the volume images, labels and one-hot maps are 0. Volumes are
+    opened on first use in each process, so the dataset pickles and works
+    with ``num_workers > 0``.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        refs: Sequence[PatchRef],
+        files: Mapping[str, _CaseFiles],
+        normalisation: Mapping[str, Sequence[tuple[float, float]]],
+        patch: int,
+        expanded: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.refs = tuple(refs)
+        self.patch = patch
+        self.expanded = expanded
+        cases = {r.case for r in self.refs}
+        self._files = {cid: f for cid, f in files.items() if cid in cases}
+        self._norm = {
+            cid: [(np.float32(m), np.float32(s)) for m, s in normalisation[cid]] for cid in cases
+        }
+        self._pid: int | None = None
+        self._open: dict[str, tuple[list[Volume], Volume, list[Volume]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ref = self.refs[i]
+        images, label, extra = self._volumes(ref.case)
+        out = {
+            "image": self._image(ref.case, images, ref.start, self.patch),
+            "label": self._label(ref.case, label, ref.start, self.patch),
+        }
+        if extra:
+            out["extra"] = self._onehot(extra, ref.start, self.patch)
+        if self.expanded:
+            half = (self.expanded - self.patch) // 2
+            start = (ref.start[0] - half, ref.start[1] - half, ref.start[2] - half)
+            out["expanded_image"] = self._image(ref.case, images, start, self.expanded)
+            full = self._label(ref.case, label, start, self.expanded)
+            out["expanded_label"] = full[::2, ::2, ::2].contiguous()
+            if extra:
+                out["expanded_extra"] = self._onehot(extra, start, self.expanded)
+        return out
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_pid"], state["_open"] = None, {}  # open files do not cross processes
+        return state
+
+    def _volumes(self, cid: str) -> tuple[list[Volume], Volume, list[Volume]]:
+        if self._pid != os.getpid():  # a forked worker must not share its parent's handles
+            self._pid, self._open = os.getpid(), {}
+        if cid not in self._open:
+            f = self._files[cid]
+            self._open[cid] = (
+                [open_volume(p) for p in f.images],
+                open_volume(f.label),
+                [open_volume(p) for p in f.extra],
+            )
+        return self._open[cid]
+
+    def _image(self, cid: str, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
+        out = np.zeros((len(vols), size, size, size), np.float32)
+        for ch, (vol, (mean, std)) in enumerate(zip(vols, self._norm[cid], strict=True)):
+            crop = read_padded(vol, start, size)
+            if crop is not None:
+                dst, values = crop
+                out[ch][dst] = (values.astype(np.float32) - mean) / std
+        return torch.from_numpy(out)
+
+    def _label(self, cid: str, vol: Volume, start: Start, size: int) -> torch.Tensor:
+        out = np.zeros((size, size, size), np.int64)
+        crop = read_padded(vol, start, size)
+        if crop is not None:
+            dst, values = crop
+            out[dst] = self.spec.remap_labels(values, f"case {cid}: {vol.path}")
+        return torch.from_numpy(out)
+
+    def _onehot(self, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
+        c = self.spec.num_classes
+        out = np.zeros((len(vols) * c, size, size, size), np.float32)
+        for b, vol in enumerate(vols):
+            crop = read_padded(vol, start, size)
+            if crop is None:
+                continue
+            dst, values = crop
+            if values.size and (values.min() < 0 or values.max() >= c):
+                raise VolumeError(
+                    f"{vol.path}: holds value {int(values.max())} but the dataset has {c} "
+                    f"classes; extra volumes must hold class indices 0..{c - 1}"
+                )
+            for k in range(c):
+                out[b * c + k][dst] = values == k
+        return torch.from_numpy(out)
+
+
+def read_padded(
+    vol: Volume, start: Start, size: int
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Read the in-bounds part of the cube of side ``size`` at ``start``.
+
+    Returns:
+        Where the part goes in a ``size``-cube and the part itself, or None
+        when the cube lies wholly outside the volume.
+    """
+    src: list[slice] = []
+    dst: list[slice] = []
+    for s0, n in zip(start, vol.shape, strict=True):
+        lo, hi = max(s0, 0), min(s0 + size, n)
+        if hi <= lo:
+            return None
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s0, hi - s0))
+    return (dst[0], dst[1], dst[2]), vol[src[0], src[1], src[2]]
+
+
+def _check_cases(spec: DatasetSpec, case_ids: Sequence[str]) -> tuple[str, ...]:
+    ids = tuple(str(c) for c in case_ids)
+    if not ids:
+        raise ValueError(
+            f"no cases to sample patches from: pass case ids of {spec.path.name} "
+            "(e.g. spec.training_ids()), or add a train split to it"
+        )
+    dupes = sorted({c for c in ids if ids.count(c) > 1})
+    if dupes:
+        raise ValueError(f"cases {dupes} are listed twice; list each case once")
+    unknown = [c for c in ids if c not in spec.cases]
+    if unknown:
+        raise ValueError(
+            f"cases {unknown[:5]} are not in {spec.path.name}; known cases: {list(spec.cases)[:10]}"
+        )
+    for cid in ids:
+        if spec.cases[cid].label is None:
+            raise SpecError(
+                f"{spec.path}: case {cid} has no label, so it cannot give training patches: "
+                "add 'label:' to it or leave it out of the training cases"
+            )
+    return ids
+
+
+def _case_files(
+    spec: DatasetSpec, cid: str, extra: Mapping[str, Sequence[str | Path]] | None
+) -> _CaseFiles:
+    case = spec.cases[cid]
+    paths: tuple[str, ...] = ()
+    if extra is not None:
+        if cid not in extra or not extra[cid]:
+            raise ValueError(
+                f"extra volumes were given, but none for case {cid}: give every case the "
+                "same number of extra paths (e.g. the stage-1 prediction of each case)"
+            )
+        paths = tuple(str(p) for p in extra[cid])
+        first = extra[next(iter(extra))]
+        if len(paths) != len(first):
+            raise ValueError(
+                f"case {cid} has {len(paths)} extra volumes, others have {len(first)}; "
+                "give every case one path per branch"
+            )
+    return _CaseFiles(tuple(str(p) for p in case.images), str(case.label), paths)
+
+
+def _check_shapes(cid: str, files: _CaseFiles) -> tuple[int, int, int]:
+    """The case's shape; every image and extra volume must have the label's."""
+    with open_volume(files.label) as label:
+        shape = label.shape
+    for kind, paths in (("image", files.images), ("extra", files.extra)):
+        for path in paths:
+            with open_volume(path) as vol:
+                if vol.shape != shape:
+                    raise VolumeError(
+                        f"{path}: {kind} volume of shape {vol.shape} differs from the label "
+                        f"shape {shape} of case {cid}; resample or crop it to the label's grid"
+                    )
+                if kind == "extra" and vol.dtype.kind not in "iu":
+                    raise VolumeError(
+                        f"{path}: extra volume of case {cid} has dtype {vol.dtype}; it must "
+                        "hold integer class indices (e.g. uint8 predictions)"
+                    )
+    return shape
+
+
+def _case_grid(
+    spec: DatasetSpec, cid: str, label: Volume, patch: int, advance: Callable[[int], object]
+) -> _CaseGrid:
+    """Stream one label volume and count each candidate's voxels per class."""
+    step, c = patch // 2, spec.num_classes
+    positions = tuple(tuple(grid_positions(n, patch)) for n in label.shape)
+    cz, cy, cx = (len(p) + 1 for p in positions)  # candidate i covers cells i and i + 1
+    nz, ny, nx = label.shape
+    cells = np.zeros((c, cz, cy, cx), np.uint32)  # real voxels per class and cell
+    # a cell row (depth P/2) is read in parts when large: remapping costs ~40 bytes a voxel
+    depth = min(step, slab_depth(label.shape, np.float64, STREAM_BYTES))
+    for i, z0 in enumerate(range(0, nz, step)):
+        for z in range(z0, min(z0 + step, nz), depth):
+            values = spec.remap_labels(
+                label[z : min(z + depth, z0 + step)], f"case {cid}: {label.path}"
+            )
+            slab = np.full((len(values), cy * step, cx * step), c, np.uint8)  # c: outside, no class
+            slab[:, :ny, :nx] = values
+            blocks = slab.reshape(len(values), cy, step, cx, step)
+            for k in range(c):
+                cells[k, i] += np.count_nonzero(blocks == k, axis=(0, 2, 4)).astype(np.uint32)
+            advance(len(values))
+    counts = cells.astype(np.int64)
+    for axis in (1, 2, 3):  # sum each 2 x 2 x 2 block of cells
+        lo = [slice(None)] * 4
+        hi = [slice(None)] * 4
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        counts = counts[tuple(lo)] + counts[tuple(hi)]
+    background = 1.0 - counts[1:].sum(axis=0) / float(patch) ** 3
+    return _CaseGrid((positions[0], positions[1], positions[2]), counts, background)
+
+
+def channel_stats(
+    vol: Volume, advance: Callable[[int], object] | None = None
+) -> tuple[float, float]:
+    """Mean and standard deviation of a whole volume, streamed in slabs.
+
+    Slabs are merged with Chan et al.'s pairwise update in float64, so the
+    result does not depend on the slab size beyond rounding. A standard
+    deviation below 1e-8 (a constant image) is returned as 1.0.
+
+    Args:
+        vol: The image.
+        advance: Called with the number of z-slices read after each slab (a progress bar).
+
+    Raises:
+        VolumeError: if the volume holds NaN or infinite values.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
+    for _, slab in vol.slabs(slab_depth(vol.shape, np.float64, STREAM_BYTES)):
+        x = slab.astype(np.float64)
+        nb, mb = x.size, float(x.mean())
+        m2b = float(np.square(x - mb).sum())
+        delta, total = mb - mean, n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+        if advance is not None:
+            advance(len(slab))
+    std = math.sqrt(m2 / n)
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise VolumeError(f"{vol.path}: image holds NaN or infinite values; fix or re-export it")
+    return mean, std if std >= 1e-8 else 1.0

@@ -1,0 +1,103 @@
+"""Sliding-window prediction of an in-memory volume (``../shared/DESIGN.md`` 1.5).
+
+Windows of side P lie on the training sampler's grid
+(:func:`meunet.data.sampling.grid_positions`: step P/2 from 0 until one
+reaches the end); the volume is zero-padded there. Each window's central half-cube (the middle P/2 along every axis)
+votes with weight 2, the rest with weight 1. Fusion ``"vote"`` sums weighted
+one-hot votes (the paper's); ``"prob"`` sums weighted softmax probabilities.
+
+This version holds the volume and its accumulators in memory: it serves
+validation during training. Volumes larger than RAM go through the
+streaming predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meunet.data.sampling import grid_positions
+from meunet.models import UNet3D
+
+FUSIONS = ("vote", "prob")
+
+
+def centre_weights(patch: int) -> np.ndarray:
+    """(P, P, P) weights: 2 in the central half-cube, 1 elsewhere."""
+    w = np.ones((patch,) * 3, np.float32)
+    lo = patch // 4
+    hi = lo + patch // 2
+    w[lo:hi, lo:hi, lo:hi] = 2.0
+    return w
+
+
+def _windows(shape: tuple[int, int, int], patch: int) -> Iterator[tuple[int, int, int]]:
+    for z in grid_positions(shape[0], patch):
+        for y in grid_positions(shape[1], patch):
+            for x in grid_positions(shape[2], patch):
+                yield z, y, x
+
+
+@torch.no_grad()
+def predict_array(
+    model: UNet3D,
+    image: np.ndarray,
+    patch: int,
+    extra: np.ndarray | None = None,
+    fusion: str = "vote",
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Labels (uint8, z, y, x) of a normalised (channels, z, y, x) image.
+
+    Args:
+        model: Network in any mode (it is put in eval mode and restored).
+        image: Normalised image, (channels, z, y, x).
+        patch: Window side P.
+        extra: Stage-1 one-hot maps (n, z, y, x) for a stage-2 network.
+        fusion: ``"vote"`` (weighted one-hot, the paper's) or ``"prob"``.
+        batch_size: Windows per forward pass.
+        device: Where the network runs; fusion happens on the CPU.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    was_training = model.training
+    model.eval()
+    c, *size = image.shape
+    shape = (size[0], size[1], size[2])
+    padded = [grid_positions(n, patch)[-1] + patch for n in shape]
+    img = np.zeros((c, *padded), np.float32)
+    img[:, : shape[0], : shape[1], : shape[2]] = image
+    ext = None
+    if extra is not None:
+        ext = np.zeros((extra.shape[0], *padded), np.float32)
+        ext[:, : shape[0], : shape[1], : shape[2]] = extra
+    classes = model.cfg.num_classes
+    acc = np.zeros((classes, *padded), np.float32)
+    weights = torch.from_numpy(centre_weights(patch))
+    starts = list(_windows(shape, patch))
+
+    def crop(a: np.ndarray, s: tuple[int, int, int]) -> np.ndarray:
+        return a[:, s[0] : s[0] + patch, s[1] : s[1] + patch, s[2] : s[2] + patch]
+
+    for i in range(0, len(starts), batch_size):
+        group = starts[i : i + batch_size]
+        x = torch.from_numpy(np.stack([crop(img, s) for s in group])).to(device)
+        e = (
+            None
+            if ext is None
+            else torch.from_numpy(np.stack([crop(ext, s) for s in group])).to(device)
+        )
+        logits = model(x, e).float().cpu()
+        if fusion == "vote":
+            votes = F.one_hot(logits.argmax(1), classes).movedim(-1, 1).float()
+        else:
+            votes = torch.softmax(logits, 1)
+        votes = (votes * weights).numpy()
+        for v, s in zip(votes, group, strict=True):
+            crop(acc, s)[...] += v
+    model.train(was_training)
+    return acc[:, : shape[0], : shape[1], : shape[2]].argmax(0).astype(np.uint8)

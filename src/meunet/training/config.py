@@ -1,0 +1,113 @@
+"""Training configuration: a YAML file plus typed ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meunet.errors import MeunetError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on besides the data (``configs/*.yaml``)."""
+
+    model: str = "meunet"  # unet | meunet | cascade-post | cascade-pre | lowres
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
+    patch: int = 64  # standard patch side P
+    k: float = 1.5  # meU-net: expanded patch side k * P (rounded to a multiple of 16)
+    batch: int = 2
+    lr: float = 9e-4  # Adam, the paper's
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    patience: int = 30  # epochs without validation improvement before stopping
+    patches_per_epoch: int = 0  # cap on sampled patches per epoch (0: all the sampler keeps)
+    bg_threshold: float = 0.99  # background fraction that makes a candidate patch "background"
+    bg_keep: float = 0.1  # probability a background candidate is kept in an epoch (the roulette)
+    fusion: str = "vote"  # validation fusion: vote (the paper's) or prob
+    checkpointing: bool = False  # gradient checkpointing per block
+    amp: bool = True  # float16 autocast, on CUDA only
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    workers: int = 0  # DataLoader worker processes
+    seed: int = 0
+    downsample: int = 1  # low-resolution stage 1: train on volumes downsampled by this factor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
+        object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        problems = []
+        if self.patch < 16 or self.patch % 2:
+            problems.append(f"patch must be an even number >= 16, got {self.patch}")
+        if not 1.0 <= self.k <= 4.0:
+            problems.append(f"k must lie in [1, 4], got {self.k}")
+        if self.batch < 1 or self.epochs < 1 or self.patience < 1:
+            problems.append("batch, epochs and patience must be >= 1")
+        if self.fusion not in ("vote", "prob"):
+            problems.append(f"fusion must be vote or prob, got {self.fusion!r}")
+        if self.downsample < 1:
+            problems.append(f"downsample must be >= 1, got {self.downsample}")
+        if problems:
+            raise MeunetError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def expanded(self) -> int:
+        """Expanded patch side for meU-net (a multiple of 16), else 0."""
+        if self.model != "meunet":
+            return 0
+        return max(16, int(self.k * self.patch / 16 + 0.5) * 16)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["encoder_channels"] = list(self.encoder_channels)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    text = str(kind)
+    try:
+        if "tuple" in text:
+            items = yaml.safe_load(value) if isinstance(value, str) else value
+            return tuple(int(v) for v in items)
+        if text in ("bool", "<class 'bool'>"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if text in ("int", "<class 'int'>"):
+            return int(value)
+        if text in ("float", "<class 'float'>"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise MeunetError(f"training config: {name}={value!r} is not a valid {text}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or the defaults) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise MeunetError(f"{p}: training config not found (see configs/ for examples)")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise MeunetError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise MeunetError(f"{p}: expected a mapping of training settings")
+    for item in overrides or []:
+        if "=" not in item:
+            raise MeunetError(f"--set {item!r}: write key=value, e.g. --set patch=96")
+        key, value = item.split("=", 1)
+        raw[key.strip()] = value.strip()
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise MeunetError(f"unknown training settings {unknown}; known: {sorted(known)}")
+    return TrainConfig(**{k: _coerce(k, v, known[k]) for k, v in raw.items()})
