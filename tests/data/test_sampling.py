@@ -25,17 +25,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from meunet.data import sampling
+from meunet.data import patches, sampling
 from meunet.data.io import open_volume, write_volume
+from meunet.data.patches import PatchRef, read_padded
 from meunet.data.phantom import make_phantom_dataset
-from meunet.data.sampling import (
-    PatchRef,
-    PatchSampler,
-    SamplerConfig,
-    channel_stats,
-    grid_positions,
-    read_padded,
-)
+from meunet.data.sampling import PatchSampler, SamplerConfig, channel_stats, grid_positions
 from meunet.data.spec import DatasetSpec, load_spec
 from meunet.errors import SpecError, VolumeError
 
@@ -346,6 +340,7 @@ def test_reads_only_crops(data: tuple[DatasetSpec, Path], monkeypatch: pytest.Mo
         return vol
 
     monkeypatch.setattr(sampling, "open_volume", recording_open)
+    monkeypatch.setattr(patches, "open_volume", recording_open)
     s = _sampler(data, bg_keep=1.0)
     label_reads = [shape for path, shape in reads if path.endswith("label.zarr")]
     assert label_reads and all(shape[0] <= P // 2 for shape in label_reads)

@@ -30,16 +30,14 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from meunet.data.io import open_volume
+from meunet.data.patches import CaseFiles, PatchDataset, PatchRef
 from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume, slab_depth
 from meunet.errors import SpecError, VolumeError
@@ -47,8 +45,6 @@ from meunet.errors import SpecError, VolumeError
 MIN_PATCH = 16  # below this the U-net's four poolings leave less than one voxel
 MAX_PATCH = 512  # per-cell counts are uint32: (512 / 2)^3 voxels fit easily
 STREAM_BYTES = 32 << 20  # float64 bytes of one slab while streaming statistics
-
-Start = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -93,17 +89,6 @@ class SamplerConfig:
             raise ValueError(f"max_patches must be >= 0 (0 = no cap), got {self.max_patches}")
 
 
-@dataclass(frozen=True)
-class PatchRef:
-    """One standard patch: its case and (z, y, x) corner.
-
-    The patch may run past the far end of the volume; that part is zero padding.
-    """
-
-    case: str
-    start: Start
-
-
 def grid_positions(n: int, patch: int) -> list[int]:
     """Starts of the half-overlap windows covering an axis of ``n`` voxels.
 
@@ -122,15 +107,6 @@ def grid_positions(n: int, patch: int) -> list[int]:
     while out[-1] + patch < n:
         out.append(out[-1] + patch // 2)
     return out
-
-
-@dataclass(frozen=True)
-class _CaseFiles:
-    """Paths a dataset worker opens for one case (picklable, unlike open volumes)."""
-
-    images: tuple[str, ...]
-    label: str
-    extra: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,140 +251,6 @@ class PatchSampler:
         ]
 
 
-class PatchDataset(Dataset[dict[str, torch.Tensor]]):
-    """Patches read from disk on demand, ready for a ``DataLoader``.
-
-    Item ``i`` is a dict of tensors:
-
-    - ``image``: float32 (channels, P, P, P), normalised per case and channel;
-    - ``label``: int64 (P, P, P) class indices;
-    - with an expanded side E: ``expanded_image`` float32 (channels, E, E, E)
-      with the same centre (corner ``start - (E - P) // 2``) and
-      ``expanded_label`` int64 (E/2, E/2, E/2), the expanded label taken
-      every second voxel;
-    - with extra volumes: ``extra`` float32 (branches * num_classes, P, P, P)
-      one-hot maps, branch-major, and ``expanded_extra`` at E likewise.
-
-    Outside the volume images, labels and one-hot maps are 0. Volumes are
-    opened on first use in each process, so the dataset pickles and works
-    with ``num_workers > 0``.
-    """
-
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        refs: Sequence[PatchRef],
-        files: Mapping[str, _CaseFiles],
-        normalisation: Mapping[str, Sequence[tuple[float, float]]],
-        patch: int,
-        expanded: int = 0,
-    ) -> None:
-        self.spec = spec
-        self.refs = tuple(refs)
-        self.patch = patch
-        self.expanded = expanded
-        cases = {r.case for r in self.refs}
-        self._files = {cid: f for cid, f in files.items() if cid in cases}
-        self._norm = {
-            cid: [(np.float32(m), np.float32(s)) for m, s in normalisation[cid]] for cid in cases
-        }
-        self._pid: int | None = None
-        self._open: dict[str, tuple[list[Volume], Volume, list[Volume]]] = {}
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ref = self.refs[i]
-        images, label, extra = self._volumes(ref.case)
-        out = {
-            "image": self._image(ref.case, images, ref.start, self.patch),
-            "label": self._label(ref.case, label, ref.start, self.patch),
-        }
-        if extra:
-            out["extra"] = self._onehot(extra, ref.start, self.patch)
-        if self.expanded:
-            half = (self.expanded - self.patch) // 2
-            start = (ref.start[0] - half, ref.start[1] - half, ref.start[2] - half)
-            out["expanded_image"] = self._image(ref.case, images, start, self.expanded)
-            full = self._label(ref.case, label, start, self.expanded)
-            out["expanded_label"] = full[::2, ::2, ::2].contiguous()
-            if extra:
-                out["expanded_extra"] = self._onehot(extra, start, self.expanded)
-        return out
-
-    def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        state["_pid"], state["_open"] = None, {}  # open files do not cross processes
-        return state
-
-    def _volumes(self, cid: str) -> tuple[list[Volume], Volume, list[Volume]]:
-        if self._pid != os.getpid():  # a forked worker must not share its parent's handles
-            self._pid, self._open = os.getpid(), {}
-        if cid not in self._open:
-            f = self._files[cid]
-            self._open[cid] = (
-                [open_volume(p) for p in f.images],
-                open_volume(f.label),
-                [open_volume(p) for p in f.extra],
-            )
-        return self._open[cid]
-
-    def _image(self, cid: str, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
-        out = np.zeros((len(vols), size, size, size), np.float32)
-        for ch, (vol, (mean, std)) in enumerate(zip(vols, self._norm[cid], strict=True)):
-            crop = read_padded(vol, start, size)
-            if crop is not None:
-                dst, values = crop
-                out[ch][dst] = (values.astype(np.float32) - mean) / std
-        return torch.from_numpy(out)
-
-    def _label(self, cid: str, vol: Volume, start: Start, size: int) -> torch.Tensor:
-        out = np.zeros((size, size, size), np.int64)
-        crop = read_padded(vol, start, size)
-        if crop is not None:
-            dst, values = crop
-            out[dst] = self.spec.remap_labels(values, f"case {cid}: {vol.path}")
-        return torch.from_numpy(out)
-
-    def _onehot(self, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
-        c = self.spec.num_classes
-        out = np.zeros((len(vols) * c, size, size, size), np.float32)
-        for b, vol in enumerate(vols):
-            crop = read_padded(vol, start, size)
-            if crop is None:
-                continue
-            dst, values = crop
-            if values.size and (values.min() < 0 or values.max() >= c):
-                raise VolumeError(
-                    f"{vol.path}: holds value {int(values.max())} but the dataset has {c} "
-                    f"classes; extra volumes must hold class indices 0..{c - 1}"
-                )
-            for k in range(c):
-                out[b * c + k][dst] = values == k
-        return torch.from_numpy(out)
-
-
-def read_padded(
-    vol: Volume, start: Start, size: int
-) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Read the in-bounds part of the cube of side ``size`` at ``start``.
-
-    Returns:
-        Where the part goes in a ``size``-cube and the part itself, or None
-        when the cube lies wholly outside the volume.
-    """
-    src: list[slice] = []
-    dst: list[slice] = []
-    for s0, n in zip(start, vol.shape, strict=True):
-        lo, hi = max(s0, 0), min(s0 + size, n)
-        if hi <= lo:
-            return None
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s0, hi - s0))
-    return (dst[0], dst[1], dst[2]), vol[src[0], src[1], src[2]]
-
-
 def _check_cases(spec: DatasetSpec, case_ids: Sequence[str]) -> tuple[str, ...]:
     ids = tuple(str(c) for c in case_ids)
     if not ids:
@@ -435,7 +277,7 @@ def _check_cases(spec: DatasetSpec, case_ids: Sequence[str]) -> tuple[str, ...]:
 
 def _case_files(
     spec: DatasetSpec, cid: str, extra: Mapping[str, Sequence[str | Path]] | None
-) -> _CaseFiles:
+) -> CaseFiles:
     case = spec.cases[cid]
     paths: tuple[str, ...] = ()
     if extra is not None:
@@ -451,10 +293,10 @@ def _case_files(
                 f"case {cid} has {len(paths)} extra volumes, others have {len(first)}; "
                 "give every case one path per branch"
             )
-    return _CaseFiles(tuple(str(p) for p in case.images), str(case.label), paths)
+    return CaseFiles(tuple(str(p) for p in case.images), str(case.label), paths)
 
 
-def _check_shapes(cid: str, files: _CaseFiles) -> tuple[int, int, int]:
+def _check_shapes(cid: str, files: CaseFiles) -> tuple[int, int, int]:
     """The case's shape; every image and extra volume must have the label's."""
     with open_volume(files.label) as label:
         shape = label.shape
