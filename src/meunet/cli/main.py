@@ -190,6 +190,53 @@ def _cmd_train_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from meunet.data.io import open_volume
+    from meunet.inference.stream import estimate_memory, predict_volume
+    from meunet.models import load_checkpoint, load_model
+    from meunet.training.loop import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.model)
+    model = load_model(args.model, map_location=device)
+    patch = args.patch or int(ckpt.get("train_config", {}).get("patch", 64))
+    inputs = [open_volume(p) for p in args.input]
+    extra = [open_volume(p) for p in args.stage1]
+    batch = args.batch
+    if args.max_memory:
+        from meunet.memory import parse_bytes
+
+        budget = parse_bytes(args.max_memory)
+
+        def need(b: int) -> int:
+            n_in, n_extra = len(inputs), len(extra)
+            return estimate_memory(model, inputs[0].shape, patch, b, args.fusion, n_in, n_extra)
+
+        while batch > 1 and need(batch) > budget:
+            batch -= 1
+        if need(batch) > budget:
+            raise ValueError(
+                f"predicting {inputs[0].shape} with {patch}^3 windows needs about {need(batch) / 2**30:.2f} GiB "
+                f"beyond the interpreter, over --max-memory {args.max_memory}; use a smaller --patch"
+            )
+    torch.set_grad_enabled(False)
+    out = predict_volume(
+        model,
+        inputs,
+        args.output,
+        patch,
+        extra,
+        args.fusion,
+        batch,
+        device,
+        progress=not args.quiet,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meunet",
@@ -339,6 +386,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train_cascade)
+
+    p = sub.add_parser(
+        "predict", help="segment a volume (any size) with a trained checkpoint, streaming"
+    )
+    p.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    p.add_argument(
+        "--input", required=True, action="append", help="input volume; repeat once per channel"
+    )
+    p.add_argument(
+        "--stage1",
+        action="append",
+        default=[],
+        help="stage-1 label volume for a stage-2 model (repeat per branch)",
+    )
+    p.add_argument(
+        "--output", required=True, help="output labels: .zarr (streamed), .nii.gz, .tif, .h5, ..."
+    )
+    p.add_argument("--patch", type=int, default=0, help="window side (default: the training patch)")
+    p.add_argument(
+        "--fusion",
+        choices=("vote", "prob"),
+        default="vote",
+        help="weighted one-hot votes (the paper's) or probabilities",
+    )
+    p.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        help="memory budget, e.g. 2GB: lowers --batch to fit, or refuses",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("info", help="print a volume's shape, dtype, spacing and format")
     p.add_argument("volume")

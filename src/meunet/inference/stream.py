@@ -1,0 +1,250 @@
+"""Streaming sliding-window prediction for volumes larger than RAM.
+
+Windows lie on the training sampler's grid (step P/2, zero padding at the
+far ends) and are fused as in :mod:`meunet.inference.sliding` (centre
+half-cube weight 2; weighted one-hot votes or weighted probabilities), with
+the same result, voxel for voxel. The volume is processed one row of windows
+(one z-start) at a time: only the accumulator of the P slices that row
+covers is held; after each row the first P/2 slices can receive no more
+windows, so they are reduced to uint8 labels, written to the output Zarr and
+forgotten.
+
+The output Zarr records how far it got (``meunet.done_until``); run the same
+prediction again after a crash and it resumes from there, and the result is
+the same as an uninterrupted run. It is marked complete only at the end, and
+an incomplete output is refused when opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from tqdm.auto import tqdm
+
+from meunet.data.io import detect_format, open_volume, write_volume
+from meunet.data.sampling import channel_stats, grid_positions
+from meunet.data.volume import Volume
+from meunet.errors import MeunetError
+from meunet.inference.sliding import FUSIONS, centre_weights
+from meunet.models import UNet3D
+
+
+def _signature(
+    model: UNet3D, inputs: Sequence[Volume], extra: Sequence[Volume], patch: int, fusion: str
+) -> str:
+    """What makes two runs the same prediction (for resuming)."""
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().numpy().tobytes())
+    meta = {
+        "inputs": [(v.path, v.shape, str(v.dtype)) for v in inputs],
+        "extra": [(v.path, v.shape) for v in extra],
+        "patch": patch,
+        "fusion": fusion,
+        "config": model.cfg.to_dict(),
+    }
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _open_output(
+    path: str, shape: tuple[int, int, int], step: int, spacing: Any, signature: str
+) -> tuple[Any, int]:
+    """The output array and the first slice still to write (resuming a matching run)."""
+    if os.path.isdir(path):
+        try:
+            arr = zarr.open_array(path, mode="r+")
+            state = dict(arr.attrs).get("meunet", {})
+            if state.get("signature") == signature and tuple(arr.shape) == shape:
+                return arr, 0 if state.get("complete") else int(state.get("done_until", 0))
+        except Exception:  # not ours, or damaged: start again
+            pass
+        shutil.rmtree(path)
+    chunks = (min(step, shape[0]), min(128, shape[1]), min(128, shape[2]))
+    arr = zarr.create_array(
+        path,
+        shape=shape,
+        chunks=chunks,
+        dtype="uint8",
+        attributes={
+            "spacing": list(spacing),
+            "origin": [0.0, 0.0, 0.0],
+            "meunet": {"complete": False, "done_until": 0, "signature": signature},
+        },
+        dimension_names=("z", "y", "x"),
+    )
+    return arr, 0
+
+
+def _slab(
+    vols: Sequence[Volume],
+    stats: Sequence[tuple[float, float]] | None,
+    z: int,
+    patch: int,
+    size: tuple[int, int],
+    fill: float = 0.0,
+) -> np.ndarray:
+    """Slices ``z .. z + patch`` of every volume, normalised (or raw), padded with ``fill`` to ``size``."""
+    out = np.full((len(vols), patch, *size), fill, np.float32)
+    for c, vol in enumerate(vols):
+        data = vol[z : z + patch].astype(np.float32)
+        if stats is not None:
+            mean, std = stats[c]
+            data = (data - mean) / std
+        out[c, : data.shape[0], : data.shape[1], : data.shape[2]] = data
+    return out
+
+
+def estimate_memory(
+    model: UNet3D,
+    shape: tuple[int, int, int],
+    patch: int,
+    batch_size: int,
+    fusion: str,
+    n_inputs: int,
+    n_extra: int,
+) -> int:
+    """Rough upper estimate of the predictor's memory besides Python and torch themselves.
+
+    Accumulator of one row of windows, the input (and stage-1) slab read for
+    it, and a forward pass of ``batch_size`` windows (no gradients: about
+    three level-1 feature maps alive at once, plus the logits).
+    """
+    ys, xs = grid_positions(shape[1], patch), grid_positions(shape[2], patch)
+    plane = (ys[-1] + patch) * (xs[-1] + patch)
+    classes = model.cfg.num_classes
+    acc = classes * patch * plane * (1 if fusion == "vote" else 4)
+    slab = (n_inputs + n_extra * (classes + 1)) * patch * plane * 4
+    window = patch**3 * 4 * batch_size
+    forward = window * (3 * model.cfg.encoder_channels[0] + 2 * classes + n_inputs)
+    return int(acc + slab + forward + model.cfg.extra_channels * window)
+
+
+@torch.no_grad()
+def predict_volume(
+    model: UNet3D,
+    inputs: Sequence[Volume],
+    output: str | Path,
+    patch: int,
+    extra: Sequence[Volume] = (),
+    fusion: str = "vote",
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Predict labels for a (possibly larger than RAM) volume into ``output``.
+
+    Args:
+        model: The network (a plain U-net path is used; eval mode).
+        inputs: One lazy volume per input channel, all of one shape.
+        output: ``.zarr`` (written as it goes) or any other format (written
+            from a Zarr beside it at the end).
+        patch: Window side P (even).
+        extra: Stage-1 label volumes for a stage-2 network (one per branch).
+        fusion: ``"vote"`` (weighted one-hot votes, the paper's) or ``"prob"``.
+        batch_size: Windows per forward pass.
+        device: Where the network runs; fusion happens on the CPU.
+        progress: Show a progress bar over windows.
+
+    Returns:
+        The output path.
+    """
+    if fusion not in FUSIONS:
+        raise MeunetError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if patch < 16 or patch % 2:
+        raise MeunetError(f"window side must be an even number >= 16, got {patch}")
+    shape = inputs[0].shape
+    for vol in [*inputs, *extra]:
+        if vol.shape != shape:
+            raise MeunetError(
+                f"{vol.path}: shape {vol.shape} differs from {inputs[0].path} {shape}; all inputs must share one grid"
+            )
+    cfg = model.cfg
+    if len(inputs) != cfg.in_channels:
+        raise MeunetError(
+            f"the model takes {cfg.in_channels} input channel(s), {len(inputs)} given: pass one --input per channel"
+        )
+    if len(extra) * cfg.num_classes != cfg.extra_channels:
+        raise MeunetError(
+            f"the model takes {cfg.extra_channels // cfg.num_classes} stage-1 map(s), {len(extra)} given"
+        )
+    output = str(output)
+    fmt = detect_format(output, must_exist=False)
+    store = output if fmt == "zarr" else output + ".partial.zarr"
+    step = patch // 2
+    zs, ys, xs = (grid_positions(n, patch) for n in shape)
+    size = (ys[-1] + patch, xs[-1] + patch)
+    model.eval().to(device)
+    signature = _signature(model, inputs, extra, patch, fusion)
+    arr, done_until = _open_output(store, shape, step, inputs[0].spacing, signature)
+    stats = [channel_stats(v) for v in inputs]
+    classes = cfg.num_classes
+    vote = fusion == "vote"
+    acc = np.zeros((classes, patch, *size), np.uint8 if vote else np.float32)
+    weights = torch.from_numpy(centre_weights(patch))
+    weights_u8 = weights.to(torch.uint8)
+    rows = [z for z in zs if z + patch > done_until]
+    windows = [(y, x) for y in ys for x in xs]
+    bar = tqdm(
+        total=len(rows) * len(windows),
+        desc=f"predict {Path(output).name}",
+        unit="window",
+        disable=not progress,
+    )
+    for i, z in enumerate(rows):
+        image = _slab(inputs, stats, z, patch, size)
+        maps = None
+        if extra:  # one-hot stage-1 maps; all-zero outside the volume (label -1 there)
+            labels = _slab(extra, None, z, patch, size, fill=-1).astype(np.int64) + 1
+            onehot = np.eye(classes + 1, dtype=np.float32)[:, 1:]
+            maps = np.concatenate([onehot[lab].transpose(3, 0, 1, 2) for lab in labels])
+        for j in range(0, len(windows), batch_size):
+            group = windows[j : j + batch_size]
+            x = torch.from_numpy(
+                np.stack([image[:, :, y : y + patch, xx : xx + patch] for y, xx in group])
+            ).to(device)
+            e = None
+            if maps is not None:
+                e = torch.from_numpy(
+                    np.stack([maps[:, :, y : y + patch, xx : xx + patch] for y, xx in group])
+                ).to(device)
+            logits = model(x, e).float().cpu()
+            if vote:
+                votes = (
+                    F.one_hot(logits.argmax(1), classes).movedim(-1, 1).to(torch.uint8) * weights_u8
+                ).numpy()
+            else:
+                votes = (torch.softmax(logits, 1) * weights).numpy()
+            for v, (y, xx) in zip(votes, group, strict=True):
+                acc[:, :, y : y + patch, xx : xx + patch] += v
+            bar.update(len(group))
+        last = i == len(rows) - 1
+        end = min(shape[0], z + patch) if last else min(shape[0], z + step)
+        if end > done_until:
+            lo = max(z, done_until)
+            labels_out = acc[:, lo - z : end - z, : shape[1], : shape[2]].argmax(0).astype(np.uint8)
+            arr[lo:end] = labels_out
+            done_until = end
+            arr.attrs["meunet"] = {
+                "complete": False,
+                "done_until": done_until,
+                "signature": signature,
+            }
+        acc[:, : patch - step] = acc[:, step:]
+        acc[:, patch - step :] = 0
+    bar.close()
+    arr.attrs["meunet"] = {"complete": True, "done_until": shape[0], "signature": signature}
+    if fmt != "zarr":
+        write_volume(output, open_volume(store), spacing=inputs[0].spacing, origin=inputs[0].origin)
+        shutil.rmtree(store)
+    return Path(output)

@@ -1,0 +1,182 @@
+"""The streaming predictor equals the in-memory one, resumes after a crash, and checks its inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meunet.data.io import open_volume, write_volume
+from meunet.data.sampling import channel_stats
+from meunet.errors import MeunetError, VolumeError
+from meunet.inference import predict_array
+from meunet.inference.stream import predict_volume
+from meunet.models import create_model
+
+TINY = {"encoder_channels": (4, 8, 8, 16, 16), "decoder_channels": (8, 8, 4, 4)}
+SHAPE = (37, 29, 41)  # nothing divisible by the window
+
+
+def _model(**kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(kw.pop("name", "unet"), in_channels=2, num_classes=3, **TINY, **kw)  # type: ignore[arg-type]
+    model.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        model(
+            torch.randn(2, 2, 32, 32, 32) * 2 + 1,
+            *(
+                [torch.rand(2, model.cfg.extra_channels, 32, 32, 32)]
+                if model.cfg.extra_channels
+                else []
+            ),
+        )
+    return model.eval()
+
+
+@pytest.fixture
+def volumes(tmp_path: Path) -> list:
+    rng = np.random.default_rng(0)
+    paths = []
+    for c in range(2):
+        data = (rng.normal(size=SHAPE) * (c + 1) + 100 * c).astype(np.float32)
+        path = tmp_path / f"ch{c}.zarr"
+        write_volume(path, data, spacing=(2.0, 1.0, 1.0), chunks=(8, 16, 16))
+        paths.append(path)
+    return [open_volume(p) for p in paths]
+
+
+def _in_memory(
+    model: torch.nn.Module, vols: list, fusion: str, extra: np.ndarray | None = None
+) -> np.ndarray:
+    image = np.stack(
+        [(v[...] - m) / s for v, (m, s) in zip(vols, (channel_stats(v) for v in vols), strict=True)]
+    ).astype(np.float32)
+    return predict_array(model, image, 16, extra, fusion, batch_size=1)
+
+
+@pytest.mark.parametrize("fusion", ["vote", "prob"])
+def test_streaming_equals_in_memory(volumes: list, tmp_path: Path, fusion: str) -> None:
+    model = _model()
+    out = predict_volume(
+        model, volumes, tmp_path / "pred.zarr", 16, fusion=fusion, batch_size=1, progress=False
+    )
+    pred = open_volume(out)
+    assert pred.dtype == np.uint8 and pred.spacing == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(pred[...], _in_memory(model, volumes, fusion))
+
+
+def test_stage2_with_stage1_maps_equals_in_memory(volumes: list, tmp_path: Path) -> None:
+    model = _model(name="cascade-post", extra_channels=6)
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 3, SHAPE).astype(np.uint8) for _ in range(2)]
+    paths = [tmp_path / f"s1_{i}.zarr" for i in range(2)]
+    for p, lab in zip(paths, labels, strict=True):
+        write_volume(p, lab)
+    onehot = np.concatenate(
+        [np.eye(3, dtype=np.float32)[lab].transpose(3, 0, 1, 2) for lab in labels]
+    )
+    out = predict_volume(
+        model,
+        volumes,
+        tmp_path / "pred.zarr",
+        16,
+        extra=[open_volume(p) for p in paths],
+        batch_size=1,
+        progress=False,
+    )
+    np.testing.assert_array_equal(open_volume(out)[...], _in_memory(model, volumes, "vote", onehot))
+
+
+def test_a_crash_leaves_an_unfinished_output_and_a_rerun_resumes(
+    volumes: list, tmp_path: Path
+) -> None:
+    model = _model()
+    expected = _in_memory(model, volumes, "vote")
+    calls = {"n": 0}
+    forward = model.forward
+
+    def dying(*args: object, **kw: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 50:  # in the fourth row of windows
+            raise RuntimeError("killed")
+        return forward(*args, **kw)
+
+    model.forward = dying  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="killed"):
+        predict_volume(model, volumes, tmp_path / "pred.zarr", 16, batch_size=1, progress=False)
+    with pytest.raises(VolumeError, match="never finished"):
+        open_volume(tmp_path / "pred.zarr")
+    full = (
+        len(range(0, 37, 8)) * 3 * 4
+    )  # windows: z 0, 8, 16, 24 (+32?) x y 0, 8, 16 x x 0, 8, 16, 24
+    calls["n"] = -(10**9)  # no more crashes
+    predict_volume(model, volumes, tmp_path / "pred.zarr", 16, batch_size=1, progress=False)
+    resumed_calls = calls["n"] + 10**9
+    # slices 0..23 were written; rows z = 16 and 24 (the first overlaps unwritten slices) are redone
+    assert resumed_calls == 2 * 15 < full
+    np.testing.assert_array_equal(open_volume(tmp_path / "pred.zarr")[...], expected)
+
+
+def test_other_output_formats(volumes: list, tmp_path: Path) -> None:
+    model = _model()
+    out = predict_volume(model, volumes, tmp_path / "pred.nii.gz", 16, progress=False)
+    assert not (tmp_path / "pred.nii.gz.partial.zarr").exists()
+    vol = open_volume(out)
+    assert vol.shape == SHAPE and vol.spacing == (2.0, 1.0, 1.0)
+
+
+def test_input_errors(volumes: list, tmp_path: Path) -> None:
+    model = _model()
+    with pytest.raises(MeunetError, match="takes 2 input channel"):
+        predict_volume(model, volumes[:1], tmp_path / "p.zarr", 16, progress=False)
+    write_volume(tmp_path / "odd.zarr", np.zeros((37, 29, 40), np.float32))
+    with pytest.raises(MeunetError, match="all inputs must share one grid"):
+        predict_volume(
+            model,
+            [volumes[0], open_volume(tmp_path / "odd.zarr")],
+            tmp_path / "p.zarr",
+            16,
+            progress=False,
+        )
+    with pytest.raises(MeunetError, match="even number >= 16"):
+        predict_volume(model, volumes, tmp_path / "p.zarr", 15, progress=False)
+
+
+def test_predict_command(volumes: list, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from meunet.cli.main import main
+    from meunet.models import save_model
+
+    model = _model()
+    save_model(tmp_path / "m.pt", model, train_config={"patch": 16})
+    args = [
+        "predict",
+        "--model",
+        str(tmp_path / "m.pt"),
+        "--output",
+        str(tmp_path / "p.zarr"),
+        "--quiet",
+    ]
+    args += [x for v in volumes for x in ("--input", v.path)]
+    assert main([*args, "--batch", "1", "--fusion", "prob"]) == 0
+    np.testing.assert_array_equal(
+        open_volume(tmp_path / "p.zarr")[...], _in_memory(model, volumes, "prob")
+    )
+    assert main([*args, "--max-memory", "100KB"]) == 2
+    assert "over --max-memory 100KB; use a smaller --patch" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "none.pt"),
+                "--input",
+                volumes[0].path,
+                "--output",
+                str(tmp_path / "q.zarr"),
+            ]
+        )
+        == 2
+    )
+    assert "checkpoint not found" in capsys.readouterr().err
