@@ -1,0 +1,136 @@
+"""``meunet predict``, ``evaluate``, ``overlay``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from meunet.data.io import open_volume
+    from meunet.inference.stream import estimate_memory, predict_volume
+    from meunet.models import load_checkpoint, load_model
+    from meunet.training.loop import resolve_device
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.model)
+    model = load_model(args.model, map_location=device)
+    patch = args.patch or int(ckpt.get("train_config", {}).get("patch", 64))
+    inputs = [open_volume(p) for p in args.input]
+    extra = [open_volume(p) for p in args.stage1]
+    batch = args.batch
+    if args.max_memory:
+        from meunet.memory import parse_bytes
+
+        budget = parse_bytes(args.max_memory)
+
+        def need(b: int) -> int:
+            n_in, n_extra = len(inputs), len(extra)
+            return estimate_memory(model, inputs[0].shape, patch, b, args.fusion, n_in, n_extra)
+
+        while batch > 1 and need(batch) > budget:
+            batch -= 1
+        if need(batch) > budget:
+            raise ValueError(
+                f"predicting {inputs[0].shape} with {patch}^3 windows needs about {need(batch) / 2**30:.2f} GiB "
+                f"beyond the interpreter, over --max-memory {args.max_memory}; use a smaller --patch"
+            )
+    torch.set_grad_enabled(False)
+    out = predict_volume(
+        model,
+        inputs,
+        args.output,
+        patch,
+        extra,
+        args.fusion,
+        batch,
+        device,
+        progress=not args.quiet,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _find_prediction(folder: str, case: str) -> str | None:
+    from pathlib import Path
+
+    for suffix in (".zarr", ".nii.gz", ".nii", ".nrrd", ".tif", ".h5", ".npy"):
+        if (Path(folder) / f"{case}{suffix}").exists():
+            return str(Path(folder) / f"{case}{suffix}")
+    return None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import csv
+    import os
+    from pathlib import Path
+
+    from meunet.data.io import open_volume
+    from meunet.metrics.evaluate import evaluate_case, summary_table
+
+    spec = None
+    if args.data:
+        from meunet.data.spec import load_spec
+
+        spec = load_spec(args.data)
+    if spec is None and not args.classes:
+        raise ValueError("give --data DATASET.yaml (classes and label remapping) or --classes N")
+    classes = (
+        list(spec.classes)
+        if spec
+        else ["background", *(f"class {c}" for c in range(1, args.classes))]
+    )
+    remap = (lambda a: spec.remap_labels(a, "truth")) if spec else None
+    pairs: list[tuple[str, str, str]] = []
+    if os.path.isdir(args.pred) and not args.pred.rstrip("/").endswith(".zarr"):
+        if spec is None:
+            raise ValueError(
+                f"{args.pred} is a folder of predictions: give --data DATASET.yaml to match them to cases"
+            )
+        ids = spec.split.get(args.split, ()) if args.split != "all" else tuple(spec.cases)
+        for cid in ids:
+            found = _find_prediction(args.pred, cid)
+            if found and spec.cases[cid].label is not None:
+                pairs.append((cid, found, str(spec.cases[cid].label)))
+        if not pairs:
+            raise ValueError(
+                f"{args.pred}: no CASE.zarr / CASE.nii.gz predictions for the {args.split} cases of {spec.path}"
+            )
+    else:
+        if not args.truth:
+            raise ValueError("give --truth for a single prediction")
+        pairs.append((Path(args.pred).name.split(".")[0], args.pred, args.truth))
+    results = {
+        cid: evaluate_case(open_volume(p), open_volume(t), len(classes), remap)
+        for cid, p, t in pairs
+    }
+    rows, table = summary_table(results, classes)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{args.out}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        Path(f"{args.out}.md").write_text(table + "\n")
+        print(f"wrote {args.out}.csv and {args.out}.md")
+    return 0
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from meunet.data.io import open_volume
+    from meunet.viz import overlay_png
+
+    truth = open_volume(args.truth) if args.truth else None
+    names, remap = None, None
+    if args.data:
+        from meunet.data.spec import load_spec
+
+        spec = load_spec(args.data)
+        names, remap = list(spec.classes), spec.remap_labels
+    out = overlay_png(
+        open_volume(args.image), open_volume(args.labels), args.out, truth, args.cls, names, remap
+    )
+    print(f"wrote {out}")
+    return 0
