@@ -180,3 +180,19 @@ def test_predict_command(volumes: list, tmp_path: Path, capsys: pytest.CaptureFi
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 9), (50, 16, 20), (17, 40, 11)])
+def test_small_and_anisotropic_shapes(tmp_path: Path, shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(3)
+    vols = []
+    for c in range(2):
+        write_volume(
+            tmp_path / f"c{c}.zarr",
+            rng.normal(size=shape).astype(np.float32),
+            spacing=(3.0, 0.5, 0.5),
+        )
+        vols.append(open_volume(tmp_path / f"c{c}.zarr"))
+    model = _model()
+    out = predict_volume(model, vols, tmp_path / "p.zarr", 16, batch_size=1, progress=False)
+    np.testing.assert_array_equal(open_volume(out)[...], _in_memory(model, vols, "vote"))

@@ -75,7 +75,10 @@ def test_centre_of_the_smallest_class(tmp_path: Path) -> None:
     lab[2:12, 2:12, 2:12] = 1
     lab[15:17, 4:6, 10:12] = 2
     write_volume(tmp_path / "l.zarr", lab, chunks=(4, 20, 20))
-    assert centre_of(open_volume(tmp_path / "l.zarr"), None) == ((16, 4, 10), 2)  # halves round to even
+    assert centre_of(open_volume(tmp_path / "l.zarr"), None) == (
+        (16, 4, 10),
+        2,
+    )  # halves round to even
     assert centre_of(open_volume(tmp_path / "l.zarr"), 1) == ((6, 6, 6), 1)
 
 

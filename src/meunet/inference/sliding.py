@@ -25,6 +25,21 @@ from meunet.models import UNet3D
 FUSIONS = ("vote", "prob")
 
 
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(0).astype(uint8)`` for a few classes, several times faster.
+
+    A running maximum over the class axis; on ties the lower class wins, as
+    with ``argmax``.
+    """
+    best = scores[0].copy()
+    winner = np.zeros(best.shape, np.uint8)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        winner[better] = c
+        np.maximum(best, scores[c], out=best)
+    return winner
+
+
 def centre_weights(patch: int) -> np.ndarray:
     """(P, P, P) weights: 2 in the central half-cube, 1 elsewhere."""
     w = np.ones((patch,) * 3, np.float32)
@@ -100,4 +115,4 @@ def predict_array(
         for v, s in zip(votes, group, strict=True):
             crop(acc, s)[...] += v
     model.train(was_training)
-    return acc[:, : shape[0], : shape[1], : shape[2]].argmax(0).astype(np.uint8)
+    return argmax_classes(acc[:, : shape[0], : shape[1], : shape[2]])

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from tqdm.auto import tqdm
 
@@ -35,7 +34,7 @@ from meunet.data.io import detect_format, open_volume, write_volume
 from meunet.data.sampling import channel_stats, grid_positions
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.sliding import FUSIONS, centre_weights
+from meunet.inference.sliding import FUSIONS, argmax_classes, centre_weights
 from meunet.models import UNet3D
 
 
@@ -86,23 +85,35 @@ def _open_output(
     return arr, 0
 
 
-def _slab(
+def _shift_fill(
+    buf: np.ndarray,
     vols: Sequence[Volume],
     stats: Sequence[tuple[float, float]] | None,
     z: int,
-    patch: int,
-    size: tuple[int, int],
-    fill: float = 0.0,
-) -> np.ndarray:
-    """Slices ``z .. z + patch`` of every volume, normalised (or raw), padded with ``fill`` to ``size``."""
-    out = np.full((len(vols), patch, *size), fill, np.float32)
+    keep: int,
+    shape: tuple[int, int, int],
+    fill: float,
+) -> None:
+    """Make ``buf`` hold slices ``z .. z + P`` of every volume (normalised when ``stats``).
+
+    The first ``keep`` slices are already there, at the end of ``buf``, from
+    the previous row: they are moved to the front and only the rest is read.
+    Outside the volume ``buf`` holds ``fill``.
+    """
+    patch = buf.shape[1]
+    if keep:
+        buf[:, :keep] = buf[:, patch - keep :]
+    buf[:, keep:] = fill
+    z0, z1 = z + keep, min(z + patch, shape[0])
+    if z1 <= z0:
+        return
     for c, vol in enumerate(vols):
-        data = vol[z : z + patch].astype(np.float32)
+        part = buf[c, keep : keep + z1 - z0, : shape[1], : shape[2]]
+        part[...] = vol[z0:z1]
         if stats is not None:
             mean, std = stats[c]
-            data = (data - mean) / std
-        out[c, : data.shape[0], : data.shape[1], : data.shape[2]] = data
-    return out
+            part -= mean
+            part /= std
 
 
 def estimate_memory(
@@ -192,7 +203,8 @@ def predict_volume(
     vote = fusion == "vote"
     acc = np.zeros((classes, patch, *size), np.uint8 if vote else np.float32)
     weights = torch.from_numpy(centre_weights(patch))
-    weights_u8 = weights.to(torch.uint8)
+    weights_u8 = centre_weights(patch).astype(np.uint8)
+    identity = np.eye(classes, dtype=np.uint8)
     rows = [z for z in zs if z + patch > done_until]
     windows = [(y, x) for y in ys for x in xs]
     bar = tqdm(
@@ -201,38 +213,50 @@ def predict_volume(
         unit="window",
         disable=not progress,
     )
+    image = np.zeros((len(inputs), patch, *size), np.float32)
+    labels = np.full((len(extra), patch, *size), -1, np.int16)  # stage-1 maps; -1 outside
+    onehot = np.eye(classes + 1, dtype=np.float32)[:, 1:]  # row 0 (outside) is all zero
+    previous = None
     for i, z in enumerate(rows):
-        image = _slab(inputs, stats, z, patch, size)
-        maps = None
-        if extra:  # one-hot stage-1 maps; all-zero outside the volume (label -1 there)
-            labels = _slab(extra, None, z, patch, size, fill=-1).astype(np.int64) + 1
-            onehot = np.eye(classes + 1, dtype=np.float32)[:, 1:]
-            maps = np.concatenate([onehot[lab].transpose(3, 0, 1, 2) for lab in labels])
+        # consecutive rows overlap by P - step slices: keep them, read only the new ones
+        keep = patch - step if previous == z - step else 0
+        _shift_fill(image, inputs, stats, z, keep, shape, 0.0)
+        if extra:
+            _shift_fill(labels, extra, None, z, keep, shape, -1)
+        previous = z
         for j in range(0, len(windows), batch_size):
             group = windows[j : j + batch_size]
             x = torch.from_numpy(
                 np.stack([image[:, :, y : y + patch, xx : xx + patch] for y, xx in group])
             ).to(device)
             e = None
-            if maps is not None:
+            if extra:
+                maps = [
+                    onehot[labels[:, :, y : y + patch, xx : xx + patch] + 1].transpose(
+                        0, 4, 1, 2, 3
+                    )
+                    for y, xx in group
+                ]
                 e = torch.from_numpy(
-                    np.stack([maps[:, :, y : y + patch, xx : xx + patch] for y, xx in group])
+                    np.stack([m.reshape(-1, patch, patch, patch) for m in maps])
                 ).to(device)
-            logits = model(x, e).float().cpu()
+            logits = model(x, e).float()
             if vote:
-                votes = (
-                    F.one_hot(logits.argmax(1), classes).movedim(-1, 1).to(torch.uint8) * weights_u8
-                ).numpy()
+                # weighted one-hot votes: the winner's column of the identity, times the weights
+                for lg, (y, xx) in zip(logits.cpu().numpy(), group, strict=True):
+                    votes = identity[:, argmax_classes(lg)]
+                    votes *= weights_u8
+                    acc[:, :, y : y + patch, xx : xx + patch] += votes
             else:
-                votes = (torch.softmax(logits, 1) * weights).numpy()
-            for v, (y, xx) in zip(votes, group, strict=True):
-                acc[:, :, y : y + patch, xx : xx + patch] += v
+                votes = (torch.softmax(logits, 1).cpu() * weights).numpy()
+                for v, (y, xx) in zip(votes, group, strict=True):
+                    acc[:, :, y : y + patch, xx : xx + patch] += v
             bar.update(len(group))
         last = i == len(rows) - 1
         end = min(shape[0], z + patch) if last else min(shape[0], z + step)
         if end > done_until:
             lo = max(z, done_until)
-            labels_out = acc[:, lo - z : end - z, : shape[1], : shape[2]].argmax(0).astype(np.uint8)
+            labels_out = argmax_classes(acc[:, lo - z : end - z, : shape[1], : shape[2]])
             arr[lo:end] = labels_out
             done_until = end
             arr.attrs["meunet"] = {
