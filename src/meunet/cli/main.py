@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="segment a volume (any size) with a trained checkpoint, streaming"
     )
-    p.add_argument("--model", required=True, help="checkpoint (best.pt)")
+    p.add_argument("--model", required=True, help="checkpoint (best.pt), or the cascade.json that train-cascade writes")
     p.add_argument(
         "--input", required=True, action="append", help="input volume; repeat once per channel"
     )

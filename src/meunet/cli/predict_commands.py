@@ -6,7 +6,6 @@ import argparse
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
 
     from meunet.data.io import open_volume
     from meunet.inference.stream import estimate_memory, predict_volume
@@ -14,6 +13,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from meunet.training.loop import resolve_device
 
     device = resolve_device(args.device)
+    if str(args.model).endswith(".json"):  # a whole cascade from meunet train-cascade
+        from meunet.inference.cascade import predict_cascade
+
+        inputs = [open_volume(p) for p in args.input]
+        out = predict_cascade(
+            args.model, inputs, args.output, args.fusion, args.batch, device, not args.quiet
+        )
+        print(f"wrote {out}")
+        return 0
     ckpt = load_checkpoint(args.model)
     model = load_model(args.model, map_location=device)
     patch = args.patch or int(ckpt.get("train_config", {}).get("patch", 64))
@@ -36,7 +44,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"predicting {inputs[0].shape} with {patch}^3 windows needs about {need(batch) / 2**30:.2f} GiB "
                 f"beyond the interpreter, over --max-memory {args.max_memory}; use a smaller --patch"
             )
-    torch.set_grad_enabled(False)
     out = predict_volume(
         model,
         inputs,

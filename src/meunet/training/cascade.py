@@ -13,6 +13,7 @@ finished stages and resumes an interrupted one, so nothing is lost on a crash.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from meunet.training.config import TrainConfig
 from meunet.training.loop import resolve_device, train
 
 MODES = ("post", "pre", "lowres")
+CASCADE_MANIFEST = "cascade.json"  # what `meunet predict --model` takes to run a whole cascade
 
 
 def stage1_configs(mode: str, base: TrainConfig) -> dict[str, TrainConfig]:
@@ -101,4 +103,20 @@ def train_cascade(
     )
     folder = out / "stage2"
     resume = (folder / "last.pt").exists()
-    return train(stage2, spec, folder, resume=resume, extra=extra, progress=progress)
+    best = train(stage2, spec, folder, resume=resume, extra=extra, progress=progress)
+    manifest = {
+        "cascade": mode,
+        "stage1": [
+            {
+                "checkpoint": f"stage1/{name}/best.pt",
+                "patch": cfg.patch,
+                "downsample": cfg.downsample,
+            }
+            for name, cfg in stage1_configs(mode, base).items()
+        ],
+        "stage2": {"checkpoint": "stage2/best.pt", "patch": stage2.patch},
+    }
+    tmp = out / ".cascade.json.partial"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / CASCADE_MANIFEST)
+    return best

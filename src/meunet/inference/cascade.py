@@ -1,0 +1,85 @@
+"""Predict with a whole cascade (``cascade.json`` written by ``meunet train-cascade``).
+
+Stage-1 branches stream their labels to Zarr volumes beside the output;
+stage 2 then reads them lazily as its extra inputs. No full-volume float map
+is ever held. A low-resolution stage 1 needs its input downsampled: that
+copy is made in memory (one case at a time), the only step that is not
+streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meunet.data.io import open_volume, write_volume
+from meunet.data.resample import downsample_image, upsample_labels
+from meunet.data.volume import Volume
+from meunet.errors import MeunetError
+from meunet.inference.stream import predict_volume
+from meunet.models import load_model
+
+
+def predict_cascade(
+    manifest: str | Path,
+    inputs: list[Volume],
+    output: str | Path,
+    fusion: str = "vote",
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Run every stage-1 branch, then stage 2, on one (possibly larger than RAM) volume."""
+    manifest = Path(manifest)
+    try:
+        spec = json.loads(manifest.read_text())
+        stage1, stage2 = spec["stage1"], spec["stage2"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MeunetError(
+            f"{manifest}: not a cascade.json written by meunet train-cascade ({e})"
+        ) from None
+    root = manifest.parent
+    work = Path(f"{output}.stage1")
+    work.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for i, branch in enumerate(stage1):
+        model = load_model(root / branch["checkpoint"], map_location=device)
+        target = work / f"branch{i}.zarr"
+        factor = int(branch.get("downsample", 1))
+        if factor == 1:
+            predict_volume(
+                model, inputs, target, branch["patch"], (), fusion, batch_size, device, progress
+            )
+        else:  # the low-resolution branch: downsample in memory, predict, upsample by nearest neighbour
+            small = work / f"input{i}"
+            small.mkdir(exist_ok=True)
+            vols = []
+            for c, vol in enumerate(inputs):
+                write_volume(small / f"c{c}.zarr", downsample_image(vol[...], factor))
+                vols.append(open_volume(small / f"c{c}.zarr"))
+            predict_volume(
+                model,
+                vols,
+                small / "pred.zarr",
+                branch["patch"],
+                (),
+                fusion,
+                batch_size,
+                device,
+                progress,
+            )
+            labels = upsample_labels(
+                np.asarray(open_volume(small / "pred.zarr")[...]), factor, inputs[0].shape
+            )
+            write_volume(target, labels, spacing=inputs[0].spacing)
+        maps.append(open_volume(target))
+    model = load_model(root / stage2["checkpoint"], map_location=device)
+    out = predict_volume(
+        model, inputs, output, stage2["patch"], maps, fusion, batch_size, device, progress
+    )
+    shutil.rmtree(work)
+    return out
