@@ -196,3 +196,30 @@ def test_small_and_anisotropic_shapes(tmp_path: Path, shape: tuple[int, int, int
     model = _model()
     out = predict_volume(model, vols, tmp_path / "p.zarr", 16, batch_size=1, progress=False)
     np.testing.assert_array_equal(open_volume(out)[...], _in_memory(model, vols, "vote"))
+
+
+@pytest.mark.parametrize(("overlap", "fusion"), [(0.25, "vote"), (0.75, "prob"), (0.0, "vote")])
+def test_other_overlaps_equal_in_memory(
+    volumes: list, tmp_path: Path, overlap: float, fusion: str
+) -> None:
+    model = _model()
+    out = predict_volume(
+        model,
+        volumes,
+        tmp_path / "p.zarr",
+        16,
+        fusion=fusion,
+        batch_size=1,
+        progress=False,
+        overlap=overlap,
+    )
+    image = np.stack(
+        [
+            (v[...] - m) / s
+            for v, (m, s) in zip(volumes, (channel_stats(v) for v in volumes), strict=True)
+        ]
+    )
+    expected = predict_array(
+        model, image.astype(np.float32), 16, None, fusion, batch_size=1, overlap=overlap
+    )
+    np.testing.assert_array_equal(open_volume(out)[...], expected)

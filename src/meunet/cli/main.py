@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="segment a volume (any size) with a trained checkpoint, streaming"
     )
-    p.add_argument("--model", required=True, help="checkpoint (best.pt), or the cascade.json that train-cascade writes")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint (best.pt), or the cascade.json that train-cascade writes",
+    )
     p.add_argument(
         "--input", required=True, action="append", help="input volume; repeat once per channel"
     )
@@ -197,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weighted one-hot votes (the paper's) or probabilities",
     )
     p.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=0.5,
+        help="fraction of a window its neighbour overlaps (default 0.5, the paper's)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--max-memory",

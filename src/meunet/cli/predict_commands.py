@@ -18,7 +18,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         inputs = [open_volume(p) for p in args.input]
         out = predict_cascade(
-            args.model, inputs, args.output, args.fusion, args.batch, device, not args.quiet
+            args.model,
+            inputs,
+            args.output,
+            args.fusion,
+            args.batch,
+            device,
+            not args.quiet,
+            overlap=args.overlap,
         )
         print(f"wrote {out}")
         return 0
@@ -53,7 +60,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.fusion,
         batch,
         device,
-        progress=not args.quiet,
+        not args.quiet,
+        args.overlap,
     )
     print(f"wrote {out}")
     return 0

@@ -32,6 +32,7 @@ def predict_cascade(
     batch_size: int = 2,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    overlap: float = 0.5,
 ) -> Path:
     """Run every stage-1 branch, then stage 2, on one (possibly larger than RAM) volume."""
     manifest = Path(manifest)
@@ -52,7 +53,16 @@ def predict_cascade(
         factor = int(branch.get("downsample", 1))
         if factor == 1:
             predict_volume(
-                model, inputs, target, branch["patch"], (), fusion, batch_size, device, progress
+                model,
+                inputs,
+                target,
+                branch["patch"],
+                (),
+                fusion,
+                batch_size,
+                device,
+                progress,
+                overlap,
             )
         else:  # the low-resolution branch: downsample in memory, predict, upsample by nearest neighbour
             small = work / f"input{i}"
@@ -71,6 +81,7 @@ def predict_cascade(
                 batch_size,
                 device,
                 progress,
+                overlap,
             )
             labels = upsample_labels(
                 np.asarray(open_volume(small / "pred.zarr")[...]), factor, inputs[0].shape
@@ -79,7 +90,7 @@ def predict_cascade(
         maps.append(open_volume(target))
     model = load_model(root / stage2["checkpoint"], map_location=device)
     out = predict_volume(
-        model, inputs, output, stage2["patch"], maps, fusion, batch_size, device, progress
+        model, inputs, output, stage2["patch"], maps, fusion, batch_size, device, progress, overlap
     )
     shutil.rmtree(work)
     return out

@@ -49,10 +49,17 @@ def centre_weights(patch: int) -> np.ndarray:
     return w
 
 
-def _windows(shape: tuple[int, int, int], patch: int) -> Iterator[tuple[int, int, int]]:
-    for z in grid_positions(shape[0], patch):
-        for y in grid_positions(shape[1], patch):
-            for x in grid_positions(shape[2], patch):
+def window_step(patch: int, overlap: float) -> int:
+    """Step between windows of side ``patch`` overlapping by the fraction ``overlap``."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
+    return max(1, round(patch * (1.0 - overlap)))
+
+
+def _windows(shape: tuple[int, int, int], patch: int, step: int) -> Iterator[tuple[int, int, int]]:
+    for z in grid_positions(shape[0], patch, step):
+        for y in grid_positions(shape[1], patch, step):
+            for x in grid_positions(shape[2], patch, step):
                 yield z, y, x
 
 
@@ -65,6 +72,7 @@ def predict_array(
     fusion: str = "vote",
     batch_size: int = 2,
     device: str | torch.device = "cpu",
+    overlap: float = 0.5,
 ) -> np.ndarray:
     """Labels (uint8, z, y, x) of a normalised (channels, z, y, x) image.
 
@@ -76,14 +84,16 @@ def predict_array(
         fusion: ``"vote"`` (weighted one-hot, the paper's) or ``"prob"``.
         batch_size: Windows per forward pass.
         device: Where the network runs; fusion happens on the CPU.
+        overlap: Fraction of a window its neighbour overlaps (0.5: the paper's).
     """
+    step = window_step(patch, overlap)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     was_training = model.training
     model.eval()
     c, *size = image.shape
     shape = (size[0], size[1], size[2])
-    padded = [grid_positions(n, patch)[-1] + patch for n in shape]
+    padded = [grid_positions(n, patch, step)[-1] + patch for n in shape]
     img = np.zeros((c, *padded), np.float32)
     img[:, : shape[0], : shape[1], : shape[2]] = image
     ext = None
@@ -93,7 +103,7 @@ def predict_array(
     classes = model.cfg.num_classes
     acc = np.zeros((classes, *padded), np.float32)
     weights = torch.from_numpy(centre_weights(patch))
-    starts = list(_windows(shape, patch))
+    starts = list(_windows(shape, patch, step))
 
     def crop(a: np.ndarray, s: tuple[int, int, int]) -> np.ndarray:
         return a[:, s[0] : s[0] + patch, s[1] : s[1] + patch, s[2] : s[2] + patch]

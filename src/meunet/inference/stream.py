@@ -1,7 +1,7 @@
 """Streaming sliding-window prediction for volumes larger than RAM.
 
-Windows lie on the training sampler's grid (step P/2, zero padding at the
-far ends) and are fused as in :mod:`meunet.inference.sliding` (centre
+Windows lie on the training sampler's grid (step P/2 by default, or
+``P * (1 - overlap)``; zero padding at the far ends) and are fused as in :mod:`meunet.inference.sliding` (centre
 half-cube weight 2; weighted one-hot votes or weighted probabilities), with
 the same result, voxel for voxel. The volume is processed one row of windows
 (one z-start) at a time: only the accumulator of the P slices that row
@@ -34,7 +34,7 @@ from meunet.data.io import detect_format, open_volume, write_volume
 from meunet.data.sampling import channel_stats, grid_positions
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.sliding import FUSIONS, argmax_classes, centre_weights
+from meunet.inference.sliding import FUSIONS, argmax_classes, centre_weights, window_step
 from meunet.models import UNet3D
 
 
@@ -131,7 +131,10 @@ def estimate_memory(
     it, and a forward pass of ``batch_size`` windows (no gradients: about
     three level-1 feature maps alive at once, plus the logits).
     """
-    ys, xs = grid_positions(shape[1], patch), grid_positions(shape[2], patch)
+    ys, xs = (
+        grid_positions(shape[1], patch),
+        grid_positions(shape[2], patch),
+    )  # plane size: any step
     plane = (ys[-1] + patch) * (xs[-1] + patch)
     classes = model.cfg.num_classes
     acc = classes * patch * plane * (1 if fusion == "vote" else 4)
@@ -152,6 +155,7 @@ def predict_volume(
     batch_size: int = 2,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    overlap: float = 0.5,
 ) -> Path:
     """Predict labels for a (possibly larger than RAM) volume into ``output``.
 
@@ -166,6 +170,7 @@ def predict_volume(
         batch_size: Windows per forward pass.
         device: Where the network runs; fusion happens on the CPU.
         progress: Show a progress bar over windows.
+        overlap: Fraction of a window its neighbour overlaps (0.5: the paper's).
 
     Returns:
         The output path.
@@ -192,16 +197,19 @@ def predict_volume(
     output = str(output)
     fmt = detect_format(output, must_exist=False)
     store = output if fmt == "zarr" else output + ".partial.zarr"
-    step = patch // 2
-    zs, ys, xs = (grid_positions(n, patch) for n in shape)
+    step = window_step(patch, overlap)
+    zs, ys, xs = (grid_positions(n, patch, step) for n in shape)
     size = (ys[-1] + patch, xs[-1] + patch)
     model.eval().to(device)
-    signature = _signature(model, inputs, extra, patch, fusion)
+    signature = _signature(model, inputs, extra, patch, f"{fusion}/{step}")
     arr, done_until = _open_output(store, shape, step, inputs[0].spacing, signature)
     stats = [channel_stats(v) for v in inputs]
     classes = cfg.num_classes
     vote = fusion == "vote"
-    acc = np.zeros((classes, patch, *size), np.uint8 if vote else np.float32)
+    most = 2 * (-(-patch // step)) ** 3  # largest weighted vote a voxel can collect
+    acc = np.zeros(
+        (classes, patch, *size), (np.uint8 if most < 256 else np.uint16) if vote else np.float32
+    )
     weights = torch.from_numpy(centre_weights(patch))
     weights_u8 = centre_weights(patch).astype(np.uint8)
     identity = np.eye(classes, dtype=np.uint8)
