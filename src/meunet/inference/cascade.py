@@ -21,7 +21,45 @@ from meunet.data.resample import downsample_image, upsample_labels
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
 from meunet.inference.stream import predict_volume
-from meunet.models import load_model
+from meunet.models import UNet3D, load_model
+
+
+def predict_branch(
+    model: UNet3D,
+    inputs: list[Volume],
+    target: str | Path,
+    patch: int,
+    downsample: int = 1,
+    fusion: str = "vote",
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    overlap: float = 0.5,
+) -> Volume:
+    """Stage-1 labels of one volume, at its own resolution, written to ``target`` (Zarr).
+
+    Used both to make the stage-1 maps stage 2 trains on and at inference, so
+    that stage 2 sees maps made the same way. A low-resolution branch
+    (``downsample > 1``) predicts on a downsampled copy of the inputs (made in
+    memory) and upsamples its labels by nearest neighbour.
+    """
+    if downsample == 1:
+        predict_volume(
+            model, inputs, target, patch, (), fusion, batch_size, device, progress, overlap
+        )
+        return open_volume(target)
+    small = Path(f"{target}.x{downsample}")
+    small.mkdir(parents=True, exist_ok=True)
+    vols = []
+    for c, vol in enumerate(inputs):
+        write_volume(small / f"c{c}.zarr", downsample_image(vol[...], downsample))
+        vols.append(open_volume(small / f"c{c}.zarr"))
+    pred = small / "pred.zarr"
+    predict_volume(model, vols, pred, patch, (), fusion, batch_size, device, progress, overlap)
+    labels = upsample_labels(np.asarray(open_volume(pred)[...]), downsample, inputs[0].shape)
+    write_volume(target, labels, spacing=inputs[0].spacing, origin=inputs[0].origin)
+    shutil.rmtree(small)
+    return open_volume(target)
 
 
 def predict_cascade(
@@ -51,43 +89,8 @@ def predict_cascade(
         model = load_model(root / branch["checkpoint"], map_location=device)
         target = work / f"branch{i}.zarr"
         factor = int(branch.get("downsample", 1))
-        if factor == 1:
-            predict_volume(
-                model,
-                inputs,
-                target,
-                branch["patch"],
-                (),
-                fusion,
-                batch_size,
-                device,
-                progress,
-                overlap,
-            )
-        else:  # the low-resolution branch: downsample in memory, predict, upsample by nearest neighbour
-            small = work / f"input{i}"
-            small.mkdir(exist_ok=True)
-            vols = []
-            for c, vol in enumerate(inputs):
-                write_volume(small / f"c{c}.zarr", downsample_image(vol[...], factor))
-                vols.append(open_volume(small / f"c{c}.zarr"))
-            predict_volume(
-                model,
-                vols,
-                small / "pred.zarr",
-                branch["patch"],
-                (),
-                fusion,
-                batch_size,
-                device,
-                progress,
-                overlap,
-            )
-            labels = upsample_labels(
-                np.asarray(open_volume(small / "pred.zarr")[...]), factor, inputs[0].shape
-            )
-            write_volume(target, labels, spacing=inputs[0].spacing)
-        maps.append(open_volume(target))
+        args = (fusion, batch_size, device, progress, overlap)
+        maps.append(predict_branch(model, inputs, target, branch["patch"], factor, *args))
     model = load_model(root / stage2["checkpoint"], map_location=device)
     out = predict_volume(
         model, inputs, output, stage2["patch"], maps, fusion, batch_size, device, progress, overlap

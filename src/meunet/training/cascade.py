@@ -8,6 +8,8 @@ downsampled by 2, its prediction upsampled (nearest) and pre-concatenated.
 
 Each finished stage leaves its checkpoint and predictions; a rerun skips
 finished stages and resumes an interrupted one, so nothing is lost on a crash.
+Stage-1 maps are made by :func:`meunet.inference.cascade.predict_branch`,
+the same code that makes them at inference.
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from meunet.data.io import open_volume, write_volume
-from meunet.data.resample import downsample_image, upsample_labels
+from meunet.data.io import open_volume
 from meunet.data.spec import DatasetSpec
 from meunet.errors import MeunetError
-from meunet.inference.sliding import predict_array
+from meunet.inference.cascade import predict_branch
 from meunet.models import load_model
 from meunet.training.config import TrainConfig
 from meunet.training.loop import resolve_device, train
@@ -41,27 +40,6 @@ def stage1_configs(mode: str, base: TrainConfig) -> dict[str, TrainConfig]:
         "meunet-k150": dataclasses.replace(base, model="meunet", k=1.5, downsample=1),
         "meunet-k175": dataclasses.replace(base, model="meunet", k=1.75, downsample=1),
     }
-
-
-def predict_case(
-    checkpoint: Path, spec: DatasetSpec, case_id: str, cfg: TrainConfig, device: torch.device
-) -> np.ndarray:
-    """Stage-1 labels of one whole case (in memory), at the case's own resolution."""
-    model = load_model(checkpoint, map_location=device)
-    case = spec.cases[case_id]
-    chans = []
-    for path in case.images:
-        vol = open_volume(path, spacing=spec.spacing)
-        image = vol[...].astype(np.float32)
-        if cfg.downsample > 1:
-            image = downsample_image(image, cfg.downsample)
-        # z-score over the whole (resampled) volume, as the training sampler normalises
-        mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
-        chans.append(((image - mean) / (std if std > 1e-8 else 1.0)).astype(np.float32))
-    pred = predict_array(model, np.stack(chans), cfg.patch, None, cfg.fusion, cfg.batch, device)
-    if cfg.downsample > 1:
-        pred = upsample_labels(pred, cfg.downsample, vol.shape)
-    return pred
 
 
 def train_cascade(
@@ -84,17 +62,23 @@ def train_cascade(
         if not done.exists():
             # resumes an interrupted run; a finished one returns at once
             train(cfg, spec, folder, resume=(folder / "last.pt").exists(), progress=progress)
+            model = load_model(folder / "best.pt", map_location=device)
             for cid in tqdm(spec.cases, desc=f"predict {name}", disable=not progress, leave=False):
+                # the same streaming predictor `meunet predict --model cascade.json` uses;
+                # an interrupted prediction resumes, a finished one is redone
+                inputs = [open_volume(p, spacing=spec.spacing) for p in spec.cases[cid].images]
                 target = folder / "predictions" / f"{cid}.zarr"
-                if not target.exists():
-                    pred = predict_case(folder / "best.pt", spec, cid, cfg, device)
-                    write_volume(
-                        target,
-                        pred,
-                        spacing=open_volume(
-                            spec.cases[cid].images[0], spacing=spec.spacing
-                        ).spacing,
-                    )
+                predict_branch(
+                    model,
+                    inputs,
+                    target,
+                    cfg.patch,
+                    cfg.downsample,
+                    cfg.fusion,
+                    cfg.batch,
+                    device,
+                    False,
+                )
             done.write_text("all cases predicted\n")
         for cid in spec.cases:
             extra[cid].append(folder / "predictions" / f"{cid}.zarr")
