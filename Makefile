@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/meunet phantom --out runs/demo/phantom --cases 6 --seed 0
-	$(BIN)/meunet check runs/demo/phantom/dataset.yaml
+	$(BIN)/meunet demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -18,7 +18,7 @@ from meunet.cli.data_commands import (
     cmd_info,
     cmd_phantom,
 )
-from meunet.cli.predict_commands import cmd_evaluate, cmd_overlay, cmd_predict
+from meunet.cli.predict_commands import cmd_demo, cmd_evaluate, cmd_overlay, cmd_predict
 from meunet.cli.train_commands import cmd_memory, cmd_plan, cmd_train, cmd_train_cascade
 from meunet.errors import MeunetError
 
@@ -257,6 +257,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output PNG")
     p.set_defaults(func=cmd_overlay)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the phantom: train a cascade, predict, evaluate, report",
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="output folder (default runs/demo); rerun to resume"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training setting of the demo, e.g. --set epochs=40 (repeatable)",
+    )
+    p.add_argument(
+        "--cases", type=int, default=6, help="phantom cases (default 6: 4 train, 1 val, 1 test)"
+    )
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(128, 96, 96),
+        metavar=("Z", "Y", "X"),
+        help="phantom volume size (default 128 96 96)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="print a volume's shape, dtype, spacing and format")
     p.add_argument("volume")

@@ -8,6 +8,7 @@ reused.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,16 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def downsample_labels(labels: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour: the voxel at the centre of each factor^3 block."""
-    off = factor // 2
-    return np.ascontiguousarray(labels[off::factor, off::factor, off::factor])
+    """Nearest-neighbour onto the grid of :func:`downsample_image` (``ceil(n / factor)`` per axis).
+
+    Output voxel i takes the input voxel under its centre, ``(i + 1/2) n / ceil(n / factor)``:
+    for a size divisible by ``factor``, the voxel at the centre of each factor^3 block.
+    """
+    index = [
+        np.minimum(((np.arange(-(-n // factor)) + 0.5) * n / -(-n // factor)).astype(np.intp), n - 1)
+        for n in labels.shape
+    ]
+    return np.ascontiguousarray(labels[np.ix_(*index)])
 
 
 def upsample_labels(labels: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -48,7 +56,7 @@ def downsampled_dataset(
     out = Path(out_dir)
     yaml_path = out / "dataset.yaml"
     if yaml_path.is_file():
-        return load_spec(yaml_path)
+        return dataclasses.replace(load_spec(yaml_path), split=spec.split, folds=spec.folds)
     cases = {}
     for cid, case in tqdm(
         spec.cases.items(), desc=f"downsample x{factor}", disable=not progress, leave=False
@@ -73,12 +81,9 @@ def downsampled_dataset(
         "description": f"{spec.name} downsampled by {factor} (images cubic B-spline, labels nearest)",
         "classes": list(spec.classes),
         "channels": list(spec.channels),
-        "cases": cases,
-        "split": {k: list(v) for k, v in spec.split.items()},
+        "cases": cases,  # no split: the copy caches volumes, the caller's spec keeps the split
     }
-    if spec.folds:
-        raw["folds"] = [list(f) for f in spec.folds]
     tmp = out / ".dataset.yaml.partial"
     tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
     tmp.replace(yaml_path)  # written last: its presence means the copy is complete
-    return load_spec(yaml_path)
+    return dataclasses.replace(load_spec(yaml_path), split=spec.split, folds=spec.folds)
