@@ -17,7 +17,18 @@ from meunet.cli.main import main
 from meunet.data.spec import load_spec
 from meunet.demo import brightness_baseline
 
-TINY = ["--cases", "3", "--shape", "64", "48", "48", "--set", "epochs=1", "--set", "patches_per_epoch=4"]
+TINY = [
+    "--cases",
+    "3",
+    "--shape",
+    "64",
+    "48",
+    "48",
+    "--set",
+    "epochs=1",
+    "--set",
+    "patches_per_epoch=4",
+]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from meunet.data.resample import downsample_image, downsample_labels, upsample_l
 
 @pytest.mark.parametrize("shape", [(8, 8, 8), (155, 24, 23), (9, 10, 11)])
 @pytest.mark.parametrize("factor", [2, 3])
-def test_labels_and_images_share_the_downsampled_grid(shape: tuple[int, int, int], factor: int) -> None:
+def test_labels_and_images_share_the_downsampled_grid(
+    shape: tuple[int, int, int], factor: int
+) -> None:
     labels = np.random.default_rng(0).integers(0, 3, shape).astype(np.uint8)
     small = downsample_labels(labels, factor)
     assert small.shape == downsample_image(labels.astype(np.float32), factor).shape

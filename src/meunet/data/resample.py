@@ -34,7 +34,9 @@ def downsample_labels(labels: np.ndarray, factor: int) -> np.ndarray:
     for a size divisible by ``factor``, the voxel at the centre of each factor^3 block.
     """
     index = [
-        np.minimum(((np.arange(-(-n // factor)) + 0.5) * n / -(-n // factor)).astype(np.intp), n - 1)
+        np.minimum(
+            ((np.arange(-(-n // factor)) + 0.5) * n / -(-n // factor)).astype(np.intp), n - 1
+        )
         for n in labels.shape
     ]
     return np.ascontiguousarray(labels[np.ix_(*index)])
