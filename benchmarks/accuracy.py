@@ -356,12 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a training setting",
     )
+    p.add_argument("--phantom-shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     p.add_argument("--work", default=None, help="folder for runs (default runs/accuracy-SIZES)")
     p.add_argument(
         "--out", default=None, help="results prefix (default benchmarks/results/accuracy[-gpu])"
     )
     args = p.parse_args(argv)
-    size = SIZES[args.sizes]
+    size = dict(SIZES[args.sizes])
+    if args.phantom_shape:
+        size["phantom_shape"] = tuple(args.phantom_shape)
     base: TrainConfig = size["train"]
     if args.set:
         from meunet.training.config import load_config
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Training (every network): {json.dumps(base.to_dict())}.",
         "- Same sampler (half-overlap grid, roulette), loss (weighted CE + soft Dice), optimizer, epochs and patches per epoch for every network; the best validation epoch is kept. Cascades' training time adds their stages.",
         "- Memory: measured peak of one training step (`meunet.memory.measure`: live tensor bytes on CPU, `torch.cuda.max_memory_allocated` on CUDA); a cascade's is its largest stage's. The budget is meU-net k = 1.75's peak; U-net gets the largest patch (multiple of 16) that fits it.",
-        "- Phantom: 8 cases per seed (5 train, 1 val, 2 test), a fresh dataset and training seed per seed; HD95 in micrometres.",
+        f"- Phantom: 8 cases of {size['phantom_shape']} voxels per seed (5 train, 1 val, 2 test), a fresh dataset and training seed per seed; HD95 in micrometres.",
         f"- brats4: 3-class task (0 background, 1 edema, 2 tumour core), downsampled by {size['brats_factor']} per axis; fold A trains on pat0005/6 and tests on pat0003/4, fold B the reverse; validation on the training cases; HD95 in mm.",
     ]
     meta = {"sizes": args.sizes, "command": " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),

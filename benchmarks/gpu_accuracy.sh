@@ -14,4 +14,4 @@ python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*
 export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
 timeout "${LIMIT:-480}" python3 benchmarks/accuracy.py --sizes gpu --datasets phantom --seeds 0 \
-  --set "epochs=${EPOCHS:-6}" --work /tmp/acc --out "$OUT/accuracy-gpu-smoke" 2>&1 | tee "$OUT/accuracy-gpu-smoke.log" | tail -40
+  --set "epochs=${EPOCHS:-4}" --set patches_per_epoch=32 --phantom-shape 192 128 128 --work /tmp/acc --out "$OUT/accuracy-gpu-smoke" 2>&1 | tee "$OUT/accuracy-gpu-smoke.log" | tail -40

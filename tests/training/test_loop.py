@@ -308,3 +308,15 @@ def test_train_cascade_produces_a_stage2_model(phantom: Path, tmp_path: Path, mo
         train_cascade(load_spec(phantom), tmp_path / "c", mode=mode, base=base, progress=False)
         == best
     )
+
+
+def test_log_rows_missing_a_value_keep_the_columns(tmp_path: Path) -> None:
+    # an epoch whose roulette kept no patches has no losses: its row must not shift the columns
+    from meunet.training.loop import _append_csv
+
+    log = tmp_path / "log.csv"
+    _append_csv(log, {"epoch": 1, "loss_total": 0.5, "seconds": 2.0})
+    _append_csv(log, {"epoch": 2, "seconds": 3.0})
+    rows = _log(tmp_path)
+    assert [r["seconds"] for r in rows] == ["2.0", "3.0"]
+    assert rows[1]["loss_total"] == "nan"

@@ -162,6 +162,12 @@ def train(
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{losses['total']:.3f}")
         n_batches = max(len(loader), 1)
+        if not refs:
+            tqdm.write(
+                f"epoch {epoch + 1}: the roulette kept no patches (all candidates are background "
+                f"at bg_threshold {cfg.bg_threshold}); raise bg_keep or lower the patch size"
+            )
+            sums = {"total": math.nan}
         dice = validation.dice(model, cfg, device)
         score = float(np.nanmean(dice[1:])) if np.isfinite(dice[1:]).any() else 0.0
         if score > best:
@@ -259,10 +265,16 @@ class _ValidationSet:
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """Append ``row`` under the file's header; a value the row lacks is written as nan."""
+    header = None
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(
+            f, fieldnames=header or list(row), restval="nan", extrasaction="ignore"
+        )
+        if header is None:
             writer.writeheader()
         writer.writerow(row)
 
