@@ -213,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="memory budget, e.g. 2GB: lowers --batch to fit, or refuses",
     )
+    p.add_argument(
+        "--dask",
+        default=None,
+        metavar="CLUSTER",
+        help="predict blockwise on Dask workers: local:N (N local processes) or tcp://SCHEDULER:PORT",
+    )
+    p.add_argument(
+        "--block-depth",
+        type=int,
+        default=0,
+        help="with --dask: z-slices per block core (default: about 4 blocks per worker)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -12,6 +12,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from meunet.models import load_checkpoint, load_model
     from meunet.training.loop import resolve_device
 
+    if args.dask:
+        return _predict_dask(args)
     device = resolve_device(args.device)
     if str(args.model).endswith(".json"):  # a whole cascade from meunet train-cascade
         from meunet.inference.cascade import predict_cascade
@@ -63,6 +65,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         not args.quiet,
         args.overlap,
     )
+    print(f"wrote {out}")
+    return 0
+
+
+def _predict_dask(args: argparse.Namespace) -> int:
+    from meunet.inference.blocks import connect, predict_cascade_dask, predict_dask
+
+    if args.max_memory:
+        raise ValueError(
+            "--max-memory applies to a single process; with --dask size the workers instead"
+        )
+    kw = dict(fusion=args.fusion, batch_size=args.batch, device=args.device, overlap=args.overlap,
+              block_depth=args.block_depth, progress=not args.quiet)  # fmt: skip
+    with connect(args.dask) as client:
+        if str(args.model).endswith(".json"):
+            out = predict_cascade_dask(args.model, args.input, args.output, client, **kw)
+        else:
+            out = predict_dask(
+                args.model, args.input, args.output, client, args.patch, args.stage1, **kw
+            )
     print(f"wrote {out}")
     return 0
 

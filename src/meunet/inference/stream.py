@@ -156,6 +156,7 @@ def predict_volume(
     device: str | torch.device = "cpu",
     progress: bool = True,
     overlap: float = 0.5,
+    stats: Sequence[tuple[float, float]] | None = None,
 ) -> Path:
     """Predict labels for a (possibly larger than RAM) volume into ``output``.
 
@@ -171,6 +172,8 @@ def predict_volume(
         device: Where the network runs; fusion happens on the CPU.
         progress: Show a progress bar over windows.
         overlap: Fraction of a window its neighbour overlaps (0.5: the paper's).
+        stats: (mean, sd) per input channel; default: each input's own (a streamed
+            pass). A block of a larger volume passes the whole volume's.
 
     Returns:
         The output path.
@@ -203,7 +206,7 @@ def predict_volume(
     model.eval().to(device)
     signature = _signature(model, inputs, extra, patch, f"{fusion}/{step}")
     arr, done_until = _open_output(store, shape, step, inputs[0].spacing, signature)
-    stats = [channel_stats(v) for v in inputs]
+    stats = list(stats) if stats is not None else [channel_stats(v) for v in inputs]
     classes = cfg.num_classes
     vote = fusion == "vote"
     most = 2 * (-(-patch // step)) ** 3  # largest weighted vote a voxel can collect

@@ -1,0 +1,305 @@
+"""Blockwise prediction on a Dask cluster, equal to the single-process result bit for bit.
+
+The volume is cut along z into blocks whose cores are whole multiples of
+the window step, each read with a halo of half a window on either side.
+Every block runs the streaming predictor (:func:`predict_volume`) on a
+worker, reading its slab of the input lazily from a shared store, with the
+whole volume's normalisation. Because a core starts on the global window
+grid and the halo holds every window that reaches into the core, each core
+voxel gets exactly the windows, in the same order and batches, that the
+single-process run gives it; windows that differ (cut off by the block's
+end) only touch the halo, which is thrown away.
+
+Each core goes into its own chunks of the output Zarr (no two blocks share
+a chunk), and a marker records each finished block: a task whose worker
+dies is rerun elsewhere by Dask, and rerunning the command skips finished
+blocks. The output is marked complete only when every block is in.
+
+Clusters: ``local:N`` starts a :class:`distributed.LocalCluster` of N
+single-threaded worker processes; ``tcp://host:port`` joins a running
+scheduler (for example one started by ``dask-jobqueue`` on Slurm).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from meunet.data.io import detect_format, open_volume, write_volume
+from meunet.data.sampling import channel_stats
+from meunet.data.volume import Volume
+from meunet.errors import MeunetError
+from meunet.inference.sliding import window_step
+
+CONNECT_TIMEOUT = "30s"  # how long to wait for a scheduler to answer
+FAULT_ENV = (
+    "MEUNET_FAULT_KILL_BLOCK"  # tests: a file naming a block whose first run kills its worker
+)
+
+
+def z_view(vol: Volume, z0: int, z1: int) -> Volume:
+    """Slices ``z0:z1`` of ``vol`` as a lazy volume of their own."""
+
+    def read_crop(slices: tuple[slice, slice, slice]) -> np.ndarray:
+        z, y, x = slices
+        return vol.read_crop((slice(z.start + z0, z.stop + z0, z.step), y, x))
+
+    return Volume(
+        path=f"{vol.path}[z {z0}:{z1}]",
+        shape=(z1 - z0, vol.shape[1], vol.shape[2]),
+        dtype=vol.dtype,
+        spacing=vol.spacing,
+        read_crop=read_crop,
+        origin=vol.origin,
+        format=vol.format,
+    )
+
+
+def plan_blocks(depth: int, patch: int, step: int, core: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(core_start, core_stop, read_start, read_stop)`` along z.
+
+    Cores are multiples of ``step`` long (the last takes the rest) and start
+    on the window grid; each block reads a halo of ``patch - step`` slices
+    (half a window at the paper's overlap; rounded up to whole steps so that
+    blocks start on the grid) beyond its core on both sides, clipped to the
+    volume.
+    """
+    if core < step or core % step:
+        raise MeunetError(
+            f"block depth must be a positive multiple of the window step {step}, got {core}"
+        )
+    halo = -(-(patch - step) // step) * step
+    out = []
+    for c0 in range(0, depth, core):
+        c1 = min(depth, c0 + core)
+        out.append((c0, c1, max(0, c0 - halo), min(depth, c1 + halo)))
+    return out
+
+
+def _signature(
+    checkpoint: str, inputs: Sequence[str], extra: Sequence[str], settings: dict[str, Any]
+) -> str:
+    h = hashlib.sha256(Path(checkpoint).read_bytes())
+    h.update(json.dumps([list(inputs), list(extra), settings], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _model(checkpoint: str, device: str, mtime: float) -> Any:
+    """One copy of the network per worker process (``mtime``: reload a changed file)."""
+    from meunet.models import load_model
+
+    return load_model(checkpoint, map_location=device)
+
+
+def predict_block(
+    checkpoint: str,
+    inputs: Sequence[str],
+    extra: Sequence[str],
+    output: str,
+    block: tuple[int, int, int, int],
+    index: int,
+    stats: Sequence[tuple[float, float]],
+    settings: dict[str, Any],
+) -> int:
+    """Run on a worker: predict one block and write its core into ``output``; returns ``index``."""
+    from meunet.inference.stream import predict_volume
+
+    work = Path(f"{output}.blocks")
+    done = work / f"block{index:05d}.done"
+    if done.exists():
+        return index
+    fault = os.environ.get(FAULT_ENV)
+    if fault and Path(fault).is_file() and Path(fault).read_text().strip() == str(index):
+        Path(fault).unlink()  # the retry runs normally
+        os._exit(1)  # die like a worker killed by the OOM killer or a lost node
+    device = settings["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(checkpoint, device, os.path.getmtime(checkpoint))
+    c0, c1, r0, r1 = block
+    vols = [z_view(open_volume(p), r0, r1) for p in inputs]
+    maps = [z_view(open_volume(p), r0, r1) for p in extra]
+    part = work / f"block{index:05d}.zarr"  # resumable on its own if the worker dies mid-block
+    predict_volume(
+        model, vols, part, settings["patch"], maps, settings["fusion"], settings["batch"],
+        device, False, settings["overlap"], stats=stats,
+    )  # fmt: skip
+    labels = np.asarray(zarr.open_array(str(part), mode="r")[c0 - r0 : c1 - r0])
+    zarr.open_array(output, mode="r+")[c0:c1] = labels
+    shutil.rmtree(part)
+    done.write_text("ok\n")
+    return index
+
+
+def connect(address: str) -> Any:
+    """A Dask client for ``local:N`` (a local cluster of N processes) or a scheduler address."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise MeunetError(
+            "--dask needs Dask's distributed scheduler: pip install 'dask[distributed]'"
+        ) from None
+    if address.startswith("local:"):
+        try:
+            n = int(address.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise MeunetError(
+                f"--dask {address!r}: write local:N with N >= 1 workers, e.g. local:4"
+            )
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        return Client(cluster)
+    if not address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        raise MeunetError(
+            f"--dask {address!r}: give local:N or a scheduler address such as tcp://host:8786"
+        )
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except OSError as e:
+        raise MeunetError(f"--dask {address}: no Dask scheduler answers there ({e})") from None
+
+
+def predict_dask(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    client: Any,
+    patch: int = 0,
+    extra: Sequence[str | Path] = (),
+    fusion: str = "vote",
+    batch_size: int = 2,
+    device: str = "auto",
+    overlap: float = 0.5,
+    block_depth: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Predict ``inputs`` blockwise on ``client``'s workers into ``output`` (Zarr, or any format at the end).
+
+    Inputs must be readable by every worker at the same paths (a shared
+    file system or object store); convert gzip NIfTI/NRRD to Zarr first.
+    """
+    from meunet.models import load_checkpoint
+
+    checkpoint = str(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    patch = patch or int(ckpt.get("train_config", {}).get("patch", 64))
+    vols = [open_volume(p) for p in inputs]
+    for v in vols:
+        if not v.lazy:
+            raise MeunetError(
+                f"{v.path}: a {v.format} file cannot be read lazily by each block; "
+                f"convert it first: meunet convert {v.path} {Path(v.path).name.split('.')[0]}.zarr"
+            )
+    shape = vols[0].shape
+    step = window_step(patch, overlap)
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    if not block_depth:  # about four blocks per worker, each at least a window deep
+        block_depth = max(patch, -(-shape[0] // (4 * workers)))
+    block_depth = -(-block_depth // step) * step
+    blocks = plan_blocks(shape[0], patch, step, block_depth)
+    settings = {"patch": patch, "fusion": fusion, "batch": batch_size, "overlap": overlap,
+                "device": device, "block_depth": block_depth}  # fmt: skip
+    ins, ext = [str(Path(p).resolve()) for p in inputs], [str(Path(p).resolve()) for p in extra]
+    signature = _signature(checkpoint, ins, ext, settings)
+
+    output = str(output)
+    fmt = detect_format(output, must_exist=False)
+    store = str(Path(output if fmt == "zarr" else output + ".partial.zarr").resolve())
+    work = Path(f"{store}.blocks")
+    arr = _open_output(store, shape, block_depth, vols[0].spacing, signature, work)
+    stats = [channel_stats(v) for v in vols]  # the whole volume's, as a single run uses
+    run = uuid.uuid4().hex[:12]  # a fresh key per run: never a result cached from another output
+    todo = [i for i in range(len(blocks)) if not (work / f"block{i:05d}.done").exists()]
+    futures = [
+        client.submit(
+            predict_block, str(Path(checkpoint).resolve()), ins, ext, store, blocks[i], i,
+            stats, settings, key=f"meunet-block-{run}-{i}", retries=2, pure=False,
+        )
+        for i in todo
+    ]  # fmt: skip
+    from distributed import as_completed
+
+    with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=f"predict {Path(output).name}",
+              unit="block", disable=not progress) as bar:  # fmt: skip
+        for future in as_completed(futures):
+            future.result()  # a block that failed after its retries raises here
+            bar.update(1)
+    arr.attrs["meunet"] = {"complete": True, "done_until": shape[0], "signature": signature}
+    shutil.rmtree(work, ignore_errors=True)
+    if fmt != "zarr":
+        write_volume(output, open_volume(store), spacing=vols[0].spacing, origin=vols[0].origin)
+        shutil.rmtree(store)
+    return Path(output)
+
+
+def _open_output(
+    path: str, shape: tuple[int, int, int], core: int, spacing: Any, signature: str, work: Path
+) -> Any:
+    """The output array; kept (with its finished-block markers) only for the same prediction."""
+    if os.path.isdir(path):
+        try:
+            arr = zarr.open_array(path, mode="r+")
+            if dict(arr.attrs).get("meunet", {}).get("signature") == signature:
+                work.mkdir(exist_ok=True)
+                return arr
+        except Exception:  # not ours, or damaged: start again
+            pass
+        shutil.rmtree(path)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # z-chunks divide every block's core, so no two blocks ever write one chunk
+    zc = max(d for d in range(1, min(core, 64) + 1) if core % d == 0)
+    chunks = (zc, min(128, shape[1]), min(128, shape[2]))
+    return zarr.create_array(
+        path, shape=shape, chunks=chunks, dtype="uint8", dimension_names=("z", "y", "x"),
+        attributes={"spacing": list(spacing), "origin": [0.0, 0.0, 0.0],
+                    "meunet": {"complete": False, "signature": signature}},
+    )  # fmt: skip
+
+
+def predict_cascade_dask(
+    manifest: str | Path, inputs: Sequence[str | Path], output: str | Path, client: Any, **kw: Any
+) -> Path:
+    """A whole cascade blockwise: each stage-1 branch to a Zarr beside the output, then stage 2."""
+    manifest = Path(manifest)
+    try:
+        spec = json.loads(manifest.read_text())
+        stage1, stage2 = spec["stage1"], spec["stage2"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MeunetError(
+            f"{manifest}: not a cascade.json written by meunet train-cascade ({e})"
+        ) from None
+    if any(int(b.get("downsample", 1)) != 1 for b in stage1):
+        raise MeunetError(
+            f"{manifest}: a low-resolution cascade is not predicted blockwise yet; drop --dask"
+        )
+    work = Path(f"{output}.stage1")
+    work.mkdir(parents=True, exist_ok=True)
+    maps = []
+    for i, branch in enumerate(stage1):
+        target = work / f"branch{i}.zarr"
+        predict_dask(
+            manifest.parent / branch["checkpoint"], inputs, target, client, branch["patch"], **kw
+        )
+        maps.append(target)
+    out = predict_dask(
+        manifest.parent / stage2["checkpoint"], inputs, output, client, stage2["patch"], maps, **kw
+    )
+    shutil.rmtree(work)
+    return out
