@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -100,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.data)
     out = args.out or f"runs/{Path(args.config).stem}"
     best = train(cfg, spec, out, resume=args.resume, progress=not args.quiet)
-    print(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -113,5 +115,6 @@ def cmd_train_cascade(args: argparse.Namespace) -> int:
     spec = load_spec(args.data)
     out = args.out or f"runs/cascade-{args.mode}"
     best = train_cascade(spec, out, mode=args.mode, base=base, progress=not args.quiet)
-    print(f"stage-2 checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"stage-2 checkpoint: {best}")
     return 0

@@ -246,8 +246,14 @@ class UNet3D(nn.Module):
             h = self._run(block, torch.cat(parts, dim=1))
         return h
 
-    def forward(self, x: Tensor, extra: Tensor | None = None) -> Tensor:
-        """Full-resolution logits (batch, classes, z, y, x): the standard path."""
+    def forward(self, x: Tensor, extra: Tensor | None = None, expanded: bool = False) -> Tensor:
+        """Full-resolution logits (batch, classes, z, y, x): the standard path.
+
+        ``expanded=True`` runs :meth:`forward_expanded` instead (one entry point,
+        so that a DDP-wrapped meU-net runs both passes through the wrapper).
+        """
+        if expanded:
+            return self.forward_expanded(x, extra)
         self._check(x, extra)
         x, size = pad_to_multiple(x, self.cfg.divisor)
         if extra is not None:

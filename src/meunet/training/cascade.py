@@ -18,6 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from meunet.data.io import open_volume
@@ -25,6 +26,7 @@ from meunet.data.spec import DatasetSpec
 from meunet.errors import MeunetError
 from meunet.inference.cascade import predict_branch
 from meunet.models import load_model
+from meunet.training import distributed as dist
 from meunet.training.config import TrainConfig
 from meunet.training.loop import resolve_device, train
 
@@ -54,7 +56,23 @@ def train_cascade(
         raise MeunetError(f"cascade mode must be one of {MODES}, got {mode!r}")
     base = base or TrainConfig()
     out = Path(out_dir)
-    device = resolve_device(base.device)
+    # under torchrun: one process group for every stage (each `train` joins it)
+    ranks, device = dist.from_env(resolve_device(base.device))
+    try:
+        return _train_cascade(spec, out, mode, base, progress and ranks.main, ranks, device)
+    finally:
+        dist.finish(ranks)
+
+
+def _train_cascade(
+    spec: DatasetSpec,
+    out: Path,
+    mode: str,
+    base: TrainConfig,
+    progress: bool,
+    ranks: dist.Ranks,
+    device: torch.device,
+) -> Path:
     extra: dict[str, list[Path]] = {cid: [] for cid in spec.cases}
     for name, cfg in stage1_configs(mode, base).items():
         folder = out / "stage1" / name
@@ -63,7 +81,8 @@ def train_cascade(
             # resumes an interrupted run; a finished one returns at once
             train(cfg, spec, folder, resume=(folder / "last.pt").exists(), progress=progress)
             model = load_model(folder / "best.pt", map_location=device)
-            for cid in tqdm(spec.cases, desc=f"predict {name}", disable=not progress, leave=False):
+            mine = list(spec.cases)[ranks.rank :: ranks.world]  # each process predicts its share
+            for cid in tqdm(mine, desc=f"predict {name}", disable=not progress, leave=False):
                 # the same streaming predictor `meunet predict --model cascade.json` uses;
                 # an interrupted prediction resumes, a finished one is redone
                 inputs = [open_volume(p, spacing=spec.spacing) for p in spec.cases[cid].images]
@@ -79,7 +98,9 @@ def train_cascade(
                     device,
                     False,
                 )
-            done.write_text("all cases predicted\n")
+            dist.barrier(ranks)
+            if ranks.main:
+                done.write_text("all cases predicted\n")
         for cid in spec.cases:
             extra[cid].append(folder / "predictions" / f"{cid}.zarr")
     stage2 = dataclasses.replace(
@@ -100,6 +121,8 @@ def train_cascade(
         ],
         "stage2": {"checkpoint": "stage2/best.pt", "patch": stage2.patch},
     }
+    if not ranks.main:
+        return best
     tmp = out / ".cascade.json.partial"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(out / CASCADE_MANIFEST)

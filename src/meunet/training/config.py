@@ -21,7 +21,8 @@ class TrainConfig:
     decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
     patch: int = 64  # standard patch side P
     k: float = 1.5  # meU-net: expanded patch side k * P (rounded to a multiple of 16)
-    batch: int = 2
+    batch: int = 2  # patches per optimizer step (the global batch, shared by DDP processes)
+    micro_batches: int = 1  # split each batch, averaging the parts' gradients (what DDP does)
     lr: float = 9e-4  # Adam, the paper's
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     patience: int = 30  # epochs without validation improvement before stopping
@@ -46,6 +47,10 @@ class TrainConfig:
             problems.append(f"k must lie in [1, 4], got {self.k}")
         if self.batch < 1 or self.epochs < 1 or self.patience < 1:
             problems.append("batch, epochs and patience must be >= 1")
+        if self.micro_batches < 1 or self.batch % self.micro_batches:
+            problems.append(
+                f"batch {self.batch} must be a multiple of micro_batches {self.micro_batches}"
+            )
         if self.fusion not in ("vote", "prob"):
             problems.append(f"fusion must be vote or prob, got {self.fusion!r}")
         if self.downsample < 1:

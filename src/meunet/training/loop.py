@@ -29,6 +29,7 @@ from meunet.errors import MeunetError
 from meunet.inference.sliding import predict_array
 from meunet.metrics import DiceCounter
 from meunet.models import create_model
+from meunet.training import distributed as dist
 from meunet.training.checkpoint import load_training_state, save_training_state
 from meunet.training.config import TrainConfig
 from meunet.training.loss import SegLoss, class_weights
@@ -66,13 +67,39 @@ def train(
     Returns:
         Path of the best checkpoint.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.partial*"):  # left by a process killed while writing
-        stale.unlink()
-    device = resolve_device(cfg.device)
+    ranks, device = dist.from_env(resolve_device(cfg.device))
+    try:
+        return _train(cfg, spec, Path(out_dir), resume, extra, progress, ranks, device)
+    finally:
+        dist.finish(ranks)
+
+
+def _train(
+    cfg: TrainConfig,
+    spec: DatasetSpec,
+    out: Path,
+    resume: bool,
+    extra: Mapping[str, Sequence[str | Path]] | None,
+    progress: bool,
+    ranks: dist.Ranks,
+    device: torch.device,
+) -> Path:
+    progress = progress and ranks.main
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.partial*"):  # left by a process killed while writing
+            stale.unlink()
+    dist.barrier(ranks)
+    if cfg.batch % (ranks.world * cfg.micro_batches):
+        raise MeunetError(
+            f"batch {cfg.batch} must be a multiple of processes x micro_batches "
+            f"({ranks.world} x {cfg.micro_batches})"
+        )
     if cfg.downsample > 1:  # the low-resolution cascade's stage 1 trains on a downsampled copy
-        spec = downsampled_dataset(spec, cfg.downsample, out / f"data_x{cfg.downsample}", progress)
+        if ranks.main:
+            downsampled_dataset(spec, cfg.downsample, out / f"data_x{cfg.downsample}", progress)
+        dist.barrier(ranks)
+        spec = downsampled_dataset(spec, cfg.downsample, out / f"data_x{cfg.downsample}", False)
     train_ids, val_ids = spec.split.get("train", ()), spec.split.get("val", ())
     if not train_ids or not val_ids:
         raise MeunetError(f"{spec.path}: training needs cases in both split.train and split.val")
@@ -93,6 +120,7 @@ def train(
         decoder_channels=cfg.decoder_channels,
         checkpointing=cfg.checkpointing,
     ).to(device)
+    net = model  # the network itself; `model` is DDP-wrapped when distributed
     sampler = PatchSampler(
         spec,
         train_ids,
@@ -114,7 +142,7 @@ def train(
         last = out / "last.pt"
         if not last.is_file():
             raise MeunetError(f"{last}: nothing to resume from; drop --resume to start a new run")
-        ckpt = load_training_state(last, model, cfg.to_dict(), device)
+        ckpt = load_training_state(last, net, cfg.to_dict(), device)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -130,8 +158,10 @@ def train(
             f"{out}: holds a previous run (last.pt); pass --resume to continue it, or choose a new --out"
         )
 
+    dist.barrier(ranks)  # every rank has read last.pt before rank 0 writes it again
+    model = dist.wrap(net, ranks, device)
     log_path = out / "log.csv"
-    if not resume:
+    if not resume and ranks.main:
         log_path.unlink(missing_ok=True)
     for epoch in range(start, cfg.epochs):
         if since_best >= cfg.patience:
@@ -141,8 +171,8 @@ def train(
             torch.cuda.reset_peak_memory_stats(device)
         refs = sampler.epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            sampler.dataset(refs),
-            batch_size=cfg.batch,
+            sampler.dataset(dist.shard(refs, cfg.batch, ranks)),
+            batch_size=cfg.batch // ranks.world,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
         )
@@ -157,7 +187,7 @@ def train(
         )
         for item in bar:
             batch = Batch(**{k: item.get(k) for k in Batch.__dataclass_fields__}).to(device)
-            losses = train_step(model, optimizer, batch, loss_fn, scaler)
+            losses = train_step(model, optimizer, batch, loss_fn, scaler, cfg.micro_batches)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{losses['total']:.3f}")
@@ -168,7 +198,10 @@ def train(
                 f"at bg_threshold {cfg.bg_threshold}); raise bg_keep or lower the patch size"
             )
             sums = {"total": math.nan}
-        dice = validation.dice(model, cfg, device)
+        sums = dist.mean(sums, ranks, device)
+        dist.average_buffers(net, ranks)
+        # rank 0 validates; every rank takes its result, so all stop at the same epoch
+        dice = dist.broadcast(validation.dice(net, cfg, device) if ranks.main else None, ranks)
         score = float(np.nanmean(dice[1:])) if np.isfinite(dice[1:]).any() else 0.0
         if score > best:
             best, best_epoch, since_best = score, epoch + 1, 0
@@ -189,9 +222,11 @@ def train(
             "val_dice": dice.tolist(),
             "normalisation": "z-score per volume and channel",
         }
+        if not ranks.main:
+            continue
         if best_epoch == epoch + 1:
-            save_training_state(out / "best.pt", model, **state)
-        save_training_state(out / "last.pt", model, **state)
+            save_training_state(out / "best.pt", net, **state)
+        save_training_state(out / "last.pt", net, **state)
         peak = (
             torch.cuda.max_memory_allocated(device)
             if device.type == "cuda"
@@ -205,6 +240,7 @@ def train(
             "patches": len(refs),
             "seconds": round(time.perf_counter() - t0, 2),
             "peak_memory_bytes": int(peak),
+            "processes": ranks.world,
         }
         _append_csv(log_path, row)
         _plot(log_path, out / "curves.png", spec.classes)
@@ -216,6 +252,7 @@ def train(
             tqdm.write(
                 f"epoch {epoch + 1}: loss {row.get('loss_total', float('nan')):.4f}, val Dice {shown}, best {best:.3f} (epoch {best_epoch})"
             )
+    dist.barrier(ranks)  # rank 0's last checkpoint is on disk before anyone reads it
     return out / "best.pt"
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from meunet.models import UNet3D
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -33,6 +32,19 @@ class Batch:
     extra: Tensor | None = None
     expanded_extra: Tensor | None = None
 
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` equal micro-batches along the batch axis."""
+        n = self.image.shape[0]
+        if parts < 1 or n % parts:
+            raise ValueError(
+                f"a batch of {n} patches cannot be split into {parts} equal micro-batches"
+            )
+        size = n // parts
+        return [
+            Batch(*(None if t is None else t[i : i + size] for t in self.__dict__.values()))
+            for i in range(0, n, size)
+        ]
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             *(
@@ -43,11 +55,12 @@ class Batch:
 
 
 def train_step(
-    model: UNet3D,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     loss_fn: LossFn,
     scaler: torch.amp.GradScaler | None = None,
+    micro_batches: int = 1,
 ) -> dict[str, float]:
     """Forward, backward and optimizer step; returns the losses.
 
@@ -56,25 +69,44 @@ def train_step(
     pass runs first and its graph is freed by its backward before the standard
     pass builds its own, so the two never hold activations at once. Autocast
     (float16) is on when ``scaler`` is given (CUDA).
+
+    ``micro_batches`` > 1 splits the batch and averages the parts' gradients
+    before the one optimizer step (what that many DDP processes compute).
+    ``model`` may be DDP-wrapped: gradients are then all-reduced once, in the
+    step's last backward.
     """
+    from meunet.training.distributed import no_sync
+
     device_type = batch.image.device.type
     amp = scaler is not None
     optimizer.zero_grad(set_to_none=True)
+    parts = batch.split(micro_batches) if micro_batches > 1 else [batch]
     losses: dict[str, float] = {}
-    if batch.expanded_image is not None:
-        if batch.expanded_label is None:
-            raise ValueError("a meU-net batch needs expanded_label with expanded_image")
+    running = _RunningStats(model) if len(parts) > 1 else None
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if running is not None:
+            running.restart()
+        if part.expanded_image is not None:
+            if part.expanded_label is None:
+                raise ValueError("a meU-net batch needs expanded_label with expanded_image")
+            with no_sync(model), torch.autocast(device_type, dtype=torch.float16, enabled=amp):
+                loss = loss_fn(
+                    model(part.expanded_image, part.expanded_extra, expanded=True),
+                    part.expanded_label,
+                )
+            with no_sync(model):
+                _backward(loss / len(parts), scaler)
+            losses["expanded"] = losses.get("expanded", 0.0) + float(loss.detach()) / len(parts)
         with torch.autocast(device_type, dtype=torch.float16, enabled=amp):
-            loss = loss_fn(
-                model.forward_expanded(batch.expanded_image, batch.expanded_extra),
-                batch.expanded_label,
-            )
-        _backward(loss, scaler)
-        losses["expanded"] = float(loss.detach())
-    with torch.autocast(device_type, dtype=torch.float16, enabled=amp):
-        loss = loss_fn(model(batch.image, batch.extra), batch.label)
-    _backward(loss, scaler)
-    losses["standard"] = float(loss.detach())
+            loss = loss_fn(model(part.image, part.extra), part.label)
+        with nullcontext() if last else no_sync(model):
+            _backward(loss / len(parts), scaler)
+        losses["standard"] = losses.get("standard", 0.0) + float(loss.detach()) / len(parts)
+        if running is not None:
+            running.collect()
+    if running is not None:
+        running.average()
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -86,3 +118,37 @@ def train_step(
 
 def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
     (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+class _RunningStats:
+    """BatchNorm running statistics over micro-batches: each part updates them from
+    the same start and the results are averaged (what DDP ranks' averaged
+    statistics give), instead of the parts updating them one after another."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.bns = [
+            m
+            for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        self.start = [(m.running_mean.clone(), m.running_var.clone()) for m in self.bns]
+        self.counts = [m.num_batches_tracked.clone() for m in self.bns]
+        self.sums = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in self.start]
+        self.parts = 0
+
+    def restart(self) -> None:
+        for m, (mean, var), n in zip(self.bns, self.start, self.counts, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)  # as if each part were the step's only one
+
+    def collect(self) -> None:
+        for m, (mean, var) in zip(self.bns, self.sums, strict=True):
+            mean += m.running_mean
+            var += m.running_var
+        self.parts += 1
+
+    def average(self) -> None:
+        for m, (mean, var) in zip(self.bns, self.sums, strict=True):
+            m.running_mean.copy_(mean / self.parts)
+            m.running_var.copy_(var / self.parts)

@@ -1,0 +1,138 @@
+"""DDP training under torchrun (CPU, gloo, 2 processes) against one process with the same global batch.
+
+Two processes on 2 patches each compute, per step, the mean of the two
+halves' gradients: exactly what one process computes with ``micro_batches=2``
+on the same 4 patches. Their weights must agree to float rounding (gloo
+sums in another order, and Adam divides by small second moments, so the
+tolerance is stated per quantity below, not bit-equality).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from meunet.data.phantom import make_phantom_dataset
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this PyTorch has no gloo backend",
+)
+
+SETTINGS = [
+    "model=meunet", "patch=32", "k=1.5", "batch=4", "lr=0.003", "bg_keep=0.0",
+    "patches_per_epoch=16", "encoder_channels=[8,16,16,32,32]", "decoder_channels=[16,16,8,8]",
+    "device=cpu", "seed=3",
+]  # fmt: skip
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "meunet.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    return make_phantom_dataset(out, cases=3, shape=(64, 48, 48), seed=1, progress=False)
+
+
+def _train(
+    data: Path, out: Path, epochs: int, procs: int, *extra: str, resume: bool = False
+) -> None:
+    sets = [a for s in [*SETTINGS, f"epochs={epochs}", *extra] for a in ("--set", s)]
+    args = [
+        "-m",
+        "meunet",
+        "train",
+        str(CONFIG),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--quiet",
+        *sets,
+    ]
+    args += ["--resume"] if resume else []
+    if procs > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the same for both runs
+    done = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _log(out: Path) -> list[dict[str, str]]:
+    with (out / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("runs")
+    _train(data, tmp / "ddp", 2, 2)
+    _train(data, tmp / "micro", 2, 1, "micro_batches=2")
+    return {"ddp": tmp / "ddp", "micro": tmp / "micro"}
+
+
+def test_one_set_of_checkpoints_and_logs(runs: dict[str, Path]) -> None:
+    assert sorted(p.name for p in runs["ddp"].iterdir()) == [
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+    ]
+    rows = _log(runs["ddp"])
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {r["processes"] for r in rows} == {"2"}
+    assert float(rows[-1]["loss_total"]) < float(rows[0]["loss_total"])  # the loss falls
+
+
+def test_two_processes_equal_one_process_with_two_micro_batches(runs: dict[str, Path]) -> None:
+    # the same losses, step for step (epoch means), to float rounding
+    for ra, rb in zip(_log(runs["ddp"]), _log(runs["micro"]), strict=True):
+        assert float(ra["loss_total"]) == pytest.approx(float(rb["loss_total"]), rel=1e-4)
+        for c in ("mid-gut", "hind-gut"):  # validation sees the same running statistics
+            assert float(ra[f"dice_{c}"]) == pytest.approx(float(rb[f"dice_{c}"]), abs=0.02)
+    # weights: Adam's steps are about lr in size whatever the gradient, so a rounding
+    # difference in a near-zero gradient can move an element by up to lr; a gradient
+    # that was not averaged over the ranks moves thousands of elements by many lr
+    a, b = _weights(runs["ddp"] / "last.pt"), _weights(runs["micro"] / "last.pt")
+    lr = 0.003
+    for name, wa in a.items():
+        if wa.is_floating_point():
+            assert float((wa - b[name]).abs().max()) <= lr, name
+
+
+def test_resume_continues_the_distributed_run(
+    runs: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(runs["ddp"], out)
+    _train(data, out, 3, 2, resume=True)
+    rows = _log(out)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[:2] == _log(runs["ddp"])  # the first two epochs are kept, not redone
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_a_batch_the_processes_cannot_share_is_refused(data: Path, tmp_path: Path) -> None:
+    sets = [a for s in [*SETTINGS, "epochs=1", "batch=3", "micro_batches=1"] for a in ("--set", s)]
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "meunet", "train", str(CONFIG), "--data", str(data), "--out", str(tmp_path / "x"), *sets]  # fmt: skip
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode != 0
+    assert "multiple of processes x micro_batches" in done.stderr
