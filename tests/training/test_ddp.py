@@ -136,3 +136,31 @@ def test_a_batch_the_processes_cannot_share_is_refused(data: Path, tmp_path: Pat
     )
     assert done.returncode != 0
     assert "multiple of processes x micro_batches" in done.stderr
+
+
+def test_train_cascade_under_torchrun(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cascade"
+    sets = [a for s in ["patch=32", "batch=4", "epochs=1", "patches_per_epoch=8", "device=cpu",
+                        "encoder_channels=[8,16,16,32,32]", "decoder_channels=[16,16,8,8]"]
+            for a in ("--set", s)]  # fmt: skip
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "meunet", "train-cascade", "--data", str(data), "--out", str(out), "--quiet", *sets]  # fmt: skip
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stage-2 checkpoint") == 1  # one process reports
+    for branch in ("meunet-k150", "meunet-k175"):
+        preds = out / "stage1" / branch / "predictions"
+        # the two processes shared the cases; every case is there
+        assert sorted(p.name for p in preds.glob("*.zarr")) == [
+            "case_000.zarr",
+            "case_001.zarr",
+            "case_002.zarr",
+        ]
+        assert (preds / "DONE").is_file()
+    assert (out / "cascade.json").is_file() and (out / "stage2" / "best.pt").is_file()

@@ -16,6 +16,7 @@ ranks' average (as micro-batches average theirs).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -78,10 +79,16 @@ def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn
     if not ranks.active:
         return model
     ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel
     # each rank keeps its own BatchNorm running statistics; `average_buffers` merges them
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+    keep_buffers = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
     )
+    # a meU-net's two passes each leave some parameters out (level 1, one of the heads)
+    meunet = getattr(model, "head_level2", None) is not None
+    return ddp(model, device_ids=ids, find_unused_parameters=meunet, **keep_buffers)
 
 
 def average_buffers(model: torch.nn.Module, ranks: Ranks) -> None:
