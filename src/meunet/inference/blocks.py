@@ -22,13 +22,14 @@ scheduler (for example one started by ``dask-jobqueue`` on Slurm).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,9 @@ def predict_block(
     return index
 
 
-def connect(address: str) -> Any:
-    """A Dask client for ``local:N`` (a local cluster of N processes) or a scheduler address."""
+@contextlib.contextmanager
+def connect(address: str) -> Iterator[Any]:
+    """A Dask client for ``local:N`` (a local cluster of N processes, closed on exit) or a scheduler address."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -161,18 +163,24 @@ def connect(address: str) -> Any:
             raise MeunetError(
                 f"--dask {address!r}: write local:N with N >= 1 workers, e.g. local:4"
             )
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        return Client(cluster)
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
     if not address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         raise MeunetError(
             f"--dask {address!r}: give local:N or a scheduler address such as tcp://host:8786"
         )
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT)
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except OSError as e:
         raise MeunetError(f"--dask {address}: no Dask scheduler answers there ({e})") from None
+    with client:
+        yield client
 
 
 def predict_dask(
