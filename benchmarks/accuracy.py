@@ -326,6 +326,7 @@ def versus_paper(runs: dict[str, Any], classes: list[str]) -> list[str]:
             ]
         )
         wins = int((diffs > 0).sum())
+        spread = "" if abs(diffs.mean()) >= diffs.std() else ", within the case-to-case spread"
         if abs(diffs.mean()) < 0.01:
             verdict = "no difference (< 0.01)"
         elif diffs.mean() > 0 and wins > len(diffs) / 2:
@@ -335,7 +336,7 @@ def versus_paper(runs: dict[str, Any], classes: list[str]) -> list[str]:
         else:
             verdict = "inconclusive"
         lines.append(
-            f"| {better} > {worse} | {paper} | {diffs.mean():+.3f} +- {diffs.std():.3f} | {wins} of {len(diffs)} | {verdict} |"
+            f"| {better} > {worse} | {paper} | {diffs.mean():+.3f} +- {diffs.std():.3f} | {wins} of {len(diffs)} | {verdict}{spread if verdict in ('agrees', 'disagrees') else ''} |"
         )
     return lines  # fmt: skip
 
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         done.write_text(json.dumps(results[name], indent=1))
     setup = [
         f"- Training (every network): {json.dumps(base.to_dict())}.",
+        "- Training seconds were measured while other work shared the 2 cores at times: compare them within a table only.",
         "- Same sampler (half-overlap grid, roulette), loss (weighted CE + soft Dice), optimizer, epochs and patches per epoch for every network; the best validation epoch is kept. Cascades' training time adds their stages.",
         "- Memory: measured peak of one training step (`meunet.memory.measure`: live tensor bytes on CPU, `torch.cuda.max_memory_allocated` on CUDA); a cascade's is its largest stage's. The budget is meU-net k = 1.75's peak; U-net gets the largest patch (multiple of 16) that fits it.",
         f"- Phantom: 8 cases of {size['phantom_shape']} voxels per seed (5 train, 1 val, 2 test), a fresh dataset and training seed per seed; HD95 in micrometres.",
