@@ -51,7 +51,7 @@ from meunet.memory.plan import plan_patch
 from meunet.metrics.evaluate import evaluate_case
 from meunet.models import load_model
 from meunet.training.cascade import train_cascade
-from meunet.training.config import TrainConfig
+from meunet.training.config import TrainConfig, override
 from meunet.training.loop import resolve_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,13 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     size = dict(SIZES[args.sizes])
     if args.phantom_shape:
         size["phantom_shape"] = tuple(args.phantom_shape)
-    base: TrainConfig = size["train"]
-    if args.set:
-        from meunet.training.config import load_config
-
-        keys = {s.split("=", 1)[0] for s in args.set}
-        over = load_config(None, args.set)
-        base = dataclasses.replace(base, **{k: getattr(over, k) for k in keys})
+    base = override(size["train"], args.set)
     work = Path(args.work or ROOT / "runs" / f"accuracy-{args.sizes}")
     prefix = Path(
         args.out or RESULTS / ("accuracy" if args.sizes == "cpu" else f"accuracy-{args.sizes}")

@@ -40,29 +40,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_phantom_dataset(out, cases=3, shape=(64, 48, 48), seed=1, progress=False)
 
 
+def _meunet(procs: int, *args: str, sets: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``meunet ARGS --set ...`` in one process, or under torchrun in ``procs``."""
+    cmd = ["-m", "meunet", *args, *(a for s in sets for a in ("--set", s))]
+    if procs > 1:
+        cmd = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *cmd]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the same for every run
+    return subprocess.run(
+        [sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
 def _train(
     data: Path, out: Path, epochs: int, procs: int, *extra: str, resume: bool = False
 ) -> None:
-    sets = [a for s in [*SETTINGS, f"epochs={epochs}", *extra] for a in ("--set", s)]
-    args = [
-        "-m",
-        "meunet",
-        "train",
-        str(CONFIG),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--quiet",
-        *sets,
-    ]
+    args = ["train", str(CONFIG), "--data", str(data), "--out", str(out), "--quiet"]
     args += ["--resume"] if resume else []
-    if procs > 1:
-        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; the same for both runs
-    done = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = _meunet(procs, *args, sets=[*SETTINGS, f"epochs={epochs}", *extra])
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -124,34 +118,17 @@ def test_resume_continues_the_distributed_run(
 
 
 def test_a_batch_the_processes_cannot_share_is_refused(data: Path, tmp_path: Path) -> None:
-    sets = [a for s in [*SETTINGS, "epochs=1", "batch=3", "micro_batches=1"] for a in ("--set", s)]
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "meunet", "train", str(CONFIG), "--data", str(data), "--out", str(tmp_path / "x"), *sets]  # fmt: skip
-    done = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    args = ["train", str(CONFIG), "--data", str(data), "--out", str(tmp_path / "x")]
+    done = _meunet(2, *args, sets=[*SETTINGS, "epochs=1", "batch=3", "micro_batches=1"])
     assert done.returncode != 0
     assert "multiple of processes x micro_batches" in done.stderr
 
 
 def test_train_cascade_under_torchrun(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "cascade"
-    sets = [a for s in ["patch=32", "batch=4", "epochs=1", "patches_per_epoch=8", "device=cpu",
-                        "encoder_channels=[8,16,16,32,32]", "decoder_channels=[16,16,8,8]"]
-            for a in ("--set", s)]  # fmt: skip
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "meunet", "train-cascade", "--data", str(data), "--out", str(out), "--quiet", *sets]  # fmt: skip
-    done = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    sets = ["patch=32", "batch=4", "epochs=1", "patches_per_epoch=8", "device=cpu",
+            "encoder_channels=[8,16,16,32,32]", "decoder_channels=[16,16,8,8]"]  # fmt: skip
+    done = _meunet(2, "train-cascade", "--data", str(data), "--out", str(out), "--quiet", sets=sets)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("stage-2 checkpoint") == 1  # one process reports
     for branch in ("meunet-k150", "meunet-k175"):

@@ -23,6 +23,16 @@ from meunet.cli.train_commands import cmd_memory, cmd_plan, cmd_train, cmd_train
 from meunet.errors import MeunetError
 
 
+def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def add_shape_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=(128, 96, 96), metavar=("Z", "Y", "X"), help=help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meunet",
@@ -37,14 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cases", type=int, default=None, help="number of cases (default 6; 1 with --paper-scale)"
     )
-    p.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=(128, 96, 96),
-        metavar=("Z", "Y", "X"),
-        help="volume size (default 128 96 96)",
-    )
+    add_shape_option(p, "volume size (default 128 96 96)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--format", default="zarr", help="file suffix: zarr (default), nii.gz, nrrd, tif, h5, npy"
@@ -135,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network (configs/*.yaml) on a dataset.yaml")
     p.add_argument("config", help="training config, e.g. configs/meunet.yaml")
     p.add_argument("--data", required=True, help="the dataset.yaml (train and val splits)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config setting (repeatable)",
-    )
+    add_set_option(p, "override a config setting (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -160,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="post",
         help="stage connection (default post, the paper's)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base setting (repeatable)",
-    )
+    add_set_option(p, "override a base setting (repeatable)")
     p.add_argument(
         "--out", default=None, help="output folder (default runs/cascade-MODE); rerun to resume"
     )
@@ -277,24 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/demo", help="output folder (default runs/demo); rerun to resume"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training setting of the demo, e.g. --set epochs=40 (repeatable)",
-    )
+    add_set_option(p, "override a training setting of the demo, e.g. --set epochs=40 (repeatable)")
     p.add_argument(
         "--cases", type=int, default=6, help="phantom cases (default 6: 4 train, 1 val, 1 test)"
     )
-    p.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=(128, 96, 96),
-        metavar=("Z", "Y", "X"),
-        help="phantom volume size (default 128 96 96)",
-    )
+    add_shape_option(p, "phantom volume size (default 128 96 96)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -174,16 +174,10 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from meunet.demo import DEMO_CONFIG, run_demo
-    from meunet.training.config import load_config
+    from meunet.training.config import override
 
-    overrides = load_config(None, args.set) if args.set else None
-    config = DEMO_CONFIG
-    if overrides is not None:
-        keys = {item.split("=", 1)[0].strip() for item in args.set}
-        config = dataclasses.replace(config, **{k: getattr(overrides, k) for k in keys})
+    config = override(DEMO_CONFIG, args.set)
     report = run_demo(args.out, config, args.cases, args.shape, args.seed, not args.quiet)
     print(f"wrote {report}")
     return 0

@@ -285,14 +285,10 @@ def predict_cascade_dask(
     manifest: str | Path, inputs: Sequence[str | Path], output: str | Path, client: Any, **kw: Any
 ) -> Path:
     """A whole cascade blockwise: each stage-1 branch to a Zarr beside the output, then stage 2."""
+    from meunet.inference.cascade import read_manifest
+
     manifest = Path(manifest)
-    try:
-        spec = json.loads(manifest.read_text())
-        stage1, stage2 = spec["stage1"], spec["stage2"]
-    except (OSError, ValueError, KeyError) as e:
-        raise MeunetError(
-            f"{manifest}: not a cascade.json written by meunet train-cascade ({e})"
-        ) from None
+    stage1, stage2 = read_manifest(manifest)
     if any(int(b.get("downsample", 1)) != 1 for b in stage1):
         raise MeunetError(
             f"{manifest}: a low-resolution cascade is not predicted blockwise yet; drop --dask"

@@ -62,6 +62,18 @@ def predict_branch(
     return open_volume(target)
 
 
+def read_manifest(manifest: Path) -> tuple[list[dict], dict]:
+    """The stage-1 branches and stage 2 of a ``cascade.json`` (paths relative to its folder)."""
+    try:
+        spec = json.loads(manifest.read_text())
+        stage1, stage2 = spec["stage1"], spec["stage2"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MeunetError(
+            f"{manifest}: not a cascade.json written by meunet train-cascade ({e})"
+        ) from None
+    return stage1, stage2
+
+
 def predict_cascade(
     manifest: str | Path,
     inputs: list[Volume],
@@ -74,13 +86,7 @@ def predict_cascade(
 ) -> Path:
     """Run every stage-1 branch, then stage 2, on one (possibly larger than RAM) volume."""
     manifest = Path(manifest)
-    try:
-        spec = json.loads(manifest.read_text())
-        stage1, stage2 = spec["stage1"], spec["stage2"]
-    except (OSError, ValueError, KeyError) as e:
-        raise MeunetError(
-            f"{manifest}: not a cascade.json written by meunet train-cascade ({e})"
-        ) from None
+    stage1, stage2 = read_manifest(manifest)
     root = manifest.parent
     work = Path(f"{output}.stage1")
     work.mkdir(parents=True, exist_ok=True)

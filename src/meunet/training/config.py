@@ -93,6 +93,15 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         raise MeunetError(f"training config: {name}={value!r} is not a valid {text}") from None
 
 
+def override(base: TrainConfig, items: list[str]) -> TrainConfig:
+    """``base`` with ``key=value`` overrides applied (parsed and checked as by :func:`load_config`)."""
+    if not items:
+        return base
+    given = load_config(None, items)
+    keys = {item.split("=", 1)[0].strip() for item in items}
+    return dataclasses.replace(base, **{k: getattr(given, k) for k in keys})
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or the defaults) and apply ``key=value`` overrides."""
     raw: dict[str, Any] = {}
