@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from meunet.data.io import open_volume
+from meunet.data.io.ownership import OutputLock, make_folder
 from meunet.data.phantom import PhantomConfig, make_phantom_dataset
 from meunet.data.spec import DatasetSpec, load_spec
 from meunet.errors import MeunetError
@@ -73,7 +74,19 @@ def run_demo(
     seed: int = DEMO_PHANTOM["seed"],  # type: ignore[assignment]
     progress: bool = True,
 ) -> Path:
-    """Run the demo into ``out_dir``; return the path of ``report.md``."""
+    """Run the demo into ``out_dir``; return the path of ``report.md``.
+
+    ``out_dir`` is a new or empty folder, or a demo folder meunet made (a
+    rerun resumes it); it is locked while the demo runs.
+    """
+    with OutputLock(out_dir, "demo"):
+        make_folder(out_dir, "demo")
+        return _run_demo(Path(out_dir), config, cases, shape, seed, progress)
+
+
+def _run_demo(
+    out: Path, config: TrainConfig, cases: int, shape: Sequence[int], seed: int, progress: bool
+) -> Path:
     from meunet.data.check import check_dataset
     from meunet.inference.cascade import predict_cascade
     from meunet.metrics.evaluate import evaluate_case, summary_table
@@ -81,8 +94,6 @@ def run_demo(
     from meunet.training.loop import resolve_device
     from meunet.viz import overlay_png
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "config": config.to_dict(),
         "phantom": {"cases": int(cases), "shape": list(shape), "seed": int(seed)},
@@ -223,8 +234,8 @@ def _write_report(
         f"{cfg.epochs} epochs of {cfg.patches_per_epoch} patches (roulette, background kept with p = {cfg.bg_keep}), "
         "best validation epoch kept.",
         "- Stage 2: U-net with full-level post-concatenation of both stage-1 maps, the same settings.",
-        "- Prediction: `meunet predict --model cascade/cascade.json` per test case (sliding window, "
-        "step P/2, centre-weighted votes).",
+        "- Prediction: `meunet predict --model cascade/cascade.json` per test case (sliding windows of "
+        "each stage's `infer_patch` in cascade.json, step half a window, centre-weighted votes).",
         "- These are CPU demo sizes, far below the paper's (160^3 patches, 16-128 channels): the numbers show "
         "the pipeline works, not the paper's accuracy. `benchmarks/results/accuracy.md` compares the methods.",
         "",

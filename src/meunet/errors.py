@@ -18,3 +18,10 @@ class VolumeError(MeunetError):
 
 class SpecError(MeunetError):
     """A dataset specification (``dataset.yaml``) is invalid."""
+
+
+class SettingError(MeunetError, ValueError):
+    """A value meunet cannot use: an option, a setting, an argument, or a value in a file.
+
+    Also a ``ValueError``, as Python code calling meunet expects of a bad value.
+    """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,15 @@ def _nan(root: Path, raw: dict) -> None:
     write_volume(root / "c1" / "t2.zarr", data, spacing=(2, 1, 1))
 
 
+def _truncate_gz(path: Path) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # the header opens, the data ends early
+
+
+def _lose_chunk(root: Path, raw: dict) -> None:
+    (root / "c1" / "t2.zarr" / "c" / "0" / "0" / "0").unlink()  # one 12x16x20 chunk
+
+
 LABEL = np.zeros(SHAPE, np.uint8)
 BAD_CASES = {
     "missing file": (_edit(lambda raw: raw["cases"]["c1"].update(label="c1/nope.nii.gz")), "c1", "nope.nii.gz", "file not found", "correct its path"),
@@ -116,6 +126,8 @@ BAD_CASES = {
     "non-integer labels": (_replace("c2", "seg.nrrd", np.full(SHAPE, 0.5, np.float32)), "c2", "seg.nrrd", r"label values \{0.5\} are not declared", "label_map"),
     "nan and inf": (_nan, "c1", "t2.zarr", "image holds 2 NaN or Inf voxels", "replace them"),
     "constant image": (_replace("c0", "t1.nii.gz", np.zeros(SHAPE, np.float32)), "c0", "t1.nii.gz", r"image is constant \(every voxel is 0\)", "re-export"),
+    "missing chunk": (_lose_chunk, "c1", "t2.zarr", r"chunk .*t2.zarr/c/0/0/0 \(voxels \[0:12, 0:16, 0:20\]\) is missing", "re-export"),
+    "truncated gzip": (lambda root, raw: _truncate_gz(root / "c1" / "t1.nii.gz"), "c1", "t1.nii.gz", "cannot read this nifti file", "re-export"),
 }  # fmt: skip
 
 
@@ -132,6 +144,29 @@ def test_bad_input_is_named_with_its_fix(dataset: tuple[Path, dict], bad: str) -
     assert line.startswith(f"case {case}: ") and file in line, line
     assert re.search(message, line), line
     assert fix in line.split("; fix: ")[1], line
+
+
+def test_every_unreadable_file_is_listed_in_one_run(dataset: tuple[Path, dict]) -> None:
+    root, raw = dataset
+    _truncate_gz(root / "c0" / "t1.nii.gz")
+    _lose_chunk(root, raw)
+    (root / "c2" / "t2.zarr" / "c" / "0" / "0" / "0").write_bytes(b"not zstd" * 10)
+    write_volume(root / "c2" / "seg.nrrd", np.full(SHAPE, 7, np.uint8), spacing=(2, 1, 1))
+    report = check_dataset(load_spec(_write_spec(root, raw)), progress=False)
+    found = [(p.case, Path(str(p.file)).relative_to(root).as_posix()) for p in report.problems]
+    assert found == [
+        ("c0", "c0/t1.nii.gz"),
+        ("c1", "c1/t2.zarr"),
+        ("c2", "c2/t2.zarr"),
+        ("c2", "c2/seg.nrrd"),
+    ], "\n".join(map(str, report.problems))
+    text = [str(p) for p in report.problems]
+    assert "cannot read this nifti file" in text[0]
+    assert "is missing" in text[1]
+    assert "cannot read this zarr file" in text[2] and "corrupt" in text[2]
+    assert "label values {7} are not declared" in text[3]
+    assert all("; fix: " in t for t in text)
+    assert np.isnan(report.cases[0].ranges[0]).all()  # unknown, not made up
 
 
 def test_class_absent_from_training_cases(dataset: tuple[Path, dict]) -> None:
@@ -178,6 +213,27 @@ def _spec_error(root: Path, raw: dict) -> str:
         ),
         (lambda r: r.update(spacing=[1, 0, 1]), "spacing must be three positive numbers"),
         (lambda r: r.update(channels=["a"]), "channels lists 1 names but cases have 2 images"),
+        (
+            lambda r: r.update(split=["c0", "c1"]),
+            r"split must map train/val/test to lists of case ids, e\.g\. \{train: \[c0, c1\]",
+        ),
+        (
+            lambda r: r.update(folds=3),
+            r"folds must list the case ids of each fold, e\.g\. \[\[c0, c1\], \[c2, c3\]\], got 3",
+        ),
+        (
+            lambda r: r.update(folds=[["c0"], "c1"]),
+            r"fold 1 must be a list of case ids, e\.g\. \[c1\]",
+        ),
+        (
+            lambda r: r["split"].update(train="c1"),
+            r"split 'train' must be a list of case ids, e\.g\. \[c1\] or \[c0, c1\], got 'c1'",
+        ),
+        (
+            lambda r: r["label_map"].update({2: True}),
+            "label_map target True for 2 is neither a class name nor an index",
+        ),
+        (lambda r: r["label_map"].update({True: "large"}), "label_map key True is not a number"),
     ],
 )
 def test_spec_structure_errors(tmp_path: Path, edit: Callable[[dict], None], message: str) -> None:
@@ -192,6 +248,37 @@ def test_spec_structure_errors(tmp_path: Path, edit: Callable[[dict], None], mes
     }
     edit(raw)
     assert re.search(message, _spec_error(tmp_path, raw))
+
+
+def test_duplicate_case_id_is_refused(tmp_path: Path) -> None:
+    # PyYAML would keep the last c0 and silently drop the first case
+    (tmp_path / "dataset.yaml").write_text(
+        "classes: [background, fg]\n"
+        "cases:\n"
+        "  c0: {image: a.nii, label: l.nii}\n"
+        "  c1: {image: b.nii, label: l.nii}\n"
+        "  c0: {image: c.nii, label: l.nii}\n"
+        "split: {train: [c0, c1]}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "dataset.yaml")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'dataset.yaml'}: key 'c0' appears twice (lines 3 and 5)"
+    )
+    assert "rename or remove one of them" in message
+
+
+def test_yaml_merge_keys_may_override(tmp_path: Path) -> None:
+    (tmp_path / "dataset.yaml").write_text(
+        "classes: [background, fg]\n"
+        "cases:\n"
+        "  c0: &base {image: a.nii, label: l.nii}\n"
+        "  c1: {<<: *base, image: b.nii}\n"
+    )
+    spec = load_spec(tmp_path / "dataset.yaml")
+    assert spec.cases["c1"].images == (tmp_path / "b.nii",)
+    assert spec.cases["c1"].label == tmp_path / "l.nii"
 
 
 def test_spec_not_found_and_not_yaml(tmp_path: Path) -> None:

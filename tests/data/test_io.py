@@ -228,9 +228,8 @@ def test_nifti_keeps_affine_and_scaling(tmp_path: Path) -> None:
     assert vol.dtype.kind == "f"  # scl_slope applied
     np.testing.assert_allclose(vol[...], data * 0.5 + 1.0)
     assert vol.spacing == pytest.approx((2.0, 0.5, 0.5))
-    assert np.allclose(vol.meta["affine"], affine)
-    write_volume(tmp_path / "out.nii.gz", data, spacing=vol.spacing, affine=vol.meta["affine"])
-    assert np.allclose(nib.load(tmp_path / "out.nii.gz").affine, affine)
+    write_volume(tmp_path / "out.nii.gz", data, **vol.geometry())
+    np.testing.assert_array_equal(nib.load(tmp_path / "out.nii.gz").affine, affine)
 
 
 def test_slicer_ct_and_segmentation_from_slicerio() -> None:
@@ -313,6 +312,71 @@ def test_interrupted_zarr_writer_leaves_a_volume_that_is_refused(tmp_path: Path)
         raise RuntimeError("killed mid-write")
     with pytest.raises(VolumeError, match="never finished"):
         open_volume(path)
+
+
+ZARR_LAYOUTS = {  # file name, write options, the stored key of chunk (0, 1, 2)
+    "v3": ("v.zarr", {}, "c/0/1/2"),
+    "v2": ("v2.zarr", {"zarr_format": 2}, "0.1.2"),
+    "ome v3": ("v.ome.zarr", {}, "0/c/0/1/2"),
+    "ome v2": ("v2.ome.zarr", {"zarr_format": 2}, "0/0.1.2"),
+}
+
+
+@pytest.mark.parametrize("layout", ZARR_LAYOUTS, ids=list(ZARR_LAYOUTS))
+def test_a_missing_zarr_chunk_is_an_error_not_zeros(tmp_path: Path, layout: str) -> None:
+    name, options, key = ZARR_LAYOUTS[layout]
+    path = tmp_path / name
+    write_volume(path, _data("uint8", (20, 20, 20)) + 1, chunks=(8, 8, 8), **options)
+    (path / key).unlink()  # a copy or download that stopped early
+    vol = open_volume(path)
+    np.testing.assert_array_equal(vol[:8, :8, :8], _data("uint8", (20, 20, 20))[:8, :8, :8] + 1)
+    array = str(path / "0") if "ome" in layout else str(path)
+    with pytest.raises(VolumeError) as info:
+        vol[...]
+    assert str(info.value) == (
+        f"{path}: chunk {array}/{key.removeprefix('0/')} (voxels [0:8, 8:16, 16:20]) is missing; "
+        "Zarr would read it as the fill value 0. Re-copy or re-export the store (an interrupted "
+        "copy leaves chunks out); if its writer skipped chunks equal to the fill value on purpose, "
+        f"declare that with zarr.open_array({array!r}, mode='r+').attrs['missing_chunks'] = 'fill_value'"
+    )
+    with pytest.raises(VolumeError, match="is missing"):
+        vol[5:9, 8:9, 19]  # any read touching the chunk
+
+
+def test_missing_zarr_chunks_read_as_fill_value_when_declared(tmp_path: Path) -> None:
+    data = np.zeros((16, 8, 8), np.uint8)
+    data[:8] = 3
+    zarr.create_array(tmp_path / "sparse.zarr", data=data, chunks=(8, 8, 8))  # skips zero chunks
+    assert sorted(p.name for p in (tmp_path / "sparse.zarr" / "c").iterdir()) == ["0"]
+    with pytest.raises(
+        VolumeError, match=r"chunk .*sparse.zarr/c/1/0/0 \(voxels \[8:16, 0:8, 0:8\]\)"
+    ):
+        open_volume(tmp_path / "sparse.zarr")[...]
+    zarr.open_array(tmp_path / "sparse.zarr", mode="r+").attrs["missing_chunks"] = "fill_value"
+    np.testing.assert_array_equal(open_volume(tmp_path / "sparse.zarr")[...], data)
+
+
+def test_arrays_finished_by_an_older_meunet_read_missing_chunks_as_fill(tmp_path: Path) -> None:
+    # meunet before `every_chunk` finished its outputs without storing all-zero chunks
+    data = np.zeros((16, 8, 8), np.uint8)
+    data[8:] = 1
+    arr = zarr.create_array(tmp_path / "old.zarr", data=data, chunks=(8, 8, 8))
+    assert arr.nchunks_initialized == 1
+    arr.attrs["meunet"] = {"complete": True}
+    np.testing.assert_array_equal(open_volume(tmp_path / "old.zarr")[...], data)
+    arr.attrs["meunet"] = {"complete": True, "every_chunk": True}  # today's writers
+    with pytest.raises(VolumeError, match="is missing"):
+        open_volume(tmp_path / "old.zarr")[...]
+
+
+@pytest.mark.parametrize("name", ["v.zarr", "v.ome.zarr"])
+def test_zarr_writer_stores_every_chunk_even_empty_ones(tmp_path: Path, name: str) -> None:
+    # a missing chunk in meunet's own output then always means damage
+    write_volume(tmp_path / name, np.zeros((20, 16, 8), np.uint8), chunks=(8, 8, 8))
+    assert (
+        zarr.open_array(tmp_path / name / ("0" if "ome" in name else "")).nchunks_initialized == 6
+    )
+    np.testing.assert_array_equal(open_volume(tmp_path / name)[...], 0)
 
 
 def test_zarr_writer_rejects_a_slab_that_does_not_fit(tmp_path: Path) -> None:

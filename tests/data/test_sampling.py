@@ -31,7 +31,7 @@ from meunet.data.patches import PatchRef, read_padded
 from meunet.data.phantom import make_phantom_dataset
 from meunet.data.sampling import PatchSampler, SamplerConfig, channel_stats, grid_positions
 from meunet.data.spec import DatasetSpec, load_spec
-from meunet.errors import SpecError, VolumeError
+from meunet.errors import SettingError, SpecError, VolumeError
 
 P = 16
 SHAPES = {"big": (40, 24, 24), "small": (20, 24, 24)}
@@ -385,6 +385,26 @@ def test_phantom_foreground(tmp_path: Path) -> None:
 def test_bad_config(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SamplerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_patch_larger_than_every_volume_names_the_setting(
+    data: tuple[DatasetSpec, Path],
+) -> None:
+    # each case gives one candidate, nearly all padding, and the roulette keeps none
+    spec, _ = data
+    s = PatchSampler(spec, list(SHAPES), SamplerConfig(patch=64, bg_keep=0.0))
+    with pytest.raises(SettingError) as info:
+        s.first_epoch_class_counts()
+    assert str(info.value) == (
+        "no training patch: each of the 2 candidate patches is at least 0.99 background "
+        "(padding counts) and the roulette, keeping such a patch with probability bg_keep = 0, "
+        "kept none: the patch side 64 is larger than every training volume "
+        "(big (40, 24, 24), small (20, 24, 24)); lower the patch side to at most 24 (--set patch=24)"
+    )
+    s = _sampler(data, bg_keep=0.0, bg_threshold=0.5)  # patches fit, but all count as background
+    with pytest.raises(SettingError, match="kept none; raise bg_keep, or lower the patch side"):
+        s.first_epoch_class_counts()
+    assert _sampler(data).first_epoch_class_counts().sum() > 0
 
 
 def test_bad_input(data: tuple[DatasetSpec, Path]) -> None:

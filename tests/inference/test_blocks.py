@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from meunet.cli.main import main
 from meunet.data.io import open_volume, write_volume
+from meunet.data.io.ownership import make_folder
 from meunet.errors import MeunetError
 from meunet.inference.blocks import FAULT_ENV, plan_blocks, predict_dask
 from meunet.inference.stream import predict_volume
@@ -110,7 +112,7 @@ def test_a_rerun_skips_finished_blocks(case: dict, client: object, tmp_path: Pat
     state = dict(arr.attrs)["meunet"]
     arr.attrs["meunet"] = {**state, "complete": False}
     work = Path(f"{out}.blocks")
-    work.mkdir()
+    make_folder(work)  # as the killed run made it: marked as meunet's
     for i in (0, 1, 3, 4):
         (work / f"block{i:05d}.done").write_text("ok\n")
     chunk = lambda z: out / "c" / str(z) / "0" / "0"  # noqa: E731 (z-chunks of 16 slices)
@@ -119,6 +121,77 @@ def test_a_rerun_skips_finished_blocks(case: dict, client: object, tmp_path: Pat
     after = {z: chunk(z).stat().st_mtime_ns for z in range(5)}
     assert [z for z in range(5) if after[z] != before[z]] == [2]  # only block 2 was redone
     np.testing.assert_array_equal(_read(out), _read(case["vote"]))
+
+
+def test_a_rerun_on_a_changed_input_redoes_every_block(
+    case: dict, client: object, tmp_path: Path
+) -> None:
+    import zarr
+
+    model = load_model(case["model"])
+    with torch.no_grad():
+        model.head.bias.zero_()  # else one class wins everywhere, whatever the input
+    save_model(tmp_path / "m.pt", model, train_config={"patch": PATCH})
+    inputs = [tmp_path / "c0.zarr", tmp_path / "c1.zarr"]
+    for src, dst in zip((case["c0"], case["c1"]), inputs, strict=True):
+        shutil.copytree(src, dst)
+    out = tmp_path / "out.zarr"
+    predict_dask(tmp_path / "m.pt", inputs, out, client, block_depth=16, progress=False)
+    old = _read(out)
+    # left as by a run killed with block 2 unfinished, then the input replaced by a
+    # corrected export of the same name and shape
+    arr = zarr.open_array(str(out), mode="r+")
+    arr.attrs["meunet"] = {**dict(arr.attrs)["meunet"], "complete": False}
+    work = Path(f"{out}.blocks")
+    make_folder(work)  # as the killed run made it: marked as meunet's
+    for i in (0, 1, 3, 4):
+        (work / f"block{i:05d}.done").write_text("ok\n")
+    corrected = _read(inputs[0])[::-1].copy()
+    shutil.rmtree(inputs[0])
+    write_volume(inputs[0], corrected)
+    predict_dask(tmp_path / "m.pt", inputs, out, client, block_depth=16, progress=False)
+    ref = _read(predict_volume(model, [open_volume(p) for p in inputs], tmp_path / "ref.zarr",
+                               PATCH, progress=False))  # fmt: skip
+    assert not np.array_equal(ref[:32], old[:32])  # the blocks marked done change too
+    np.testing.assert_array_equal(_read(out), ref)
+
+
+def test_the_checkpoints_infer_patch_is_the_default_window(
+    case: dict, client: object, tmp_path: Path
+) -> None:
+    # trained at 16, recorded window 32: blocks use 32 unless told otherwise
+    model = load_model(case["model"])
+    with torch.no_grad():
+        model.head.bias.zero_()  # else one class wins everywhere, whatever the window
+    save_model(tmp_path / "m.pt", model, train_config={"patch": PATCH}, infer_patch=2 * PATCH)
+    inputs = [case["c0"], case["c1"]]
+    vols = [open_volume(p) for p in inputs]
+    ref, other = (
+        predict_volume(model, vols, tmp_path / f"ref{w}.zarr", w, progress=False)
+        for w in (2 * PATCH, PATCH)
+    )
+    assert not np.array_equal(_read(ref), _read(other))  # the window matters here
+    out = predict_dask(tmp_path / "m.pt", inputs, tmp_path / "out.zarr", client,
+                       block_depth=32, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(_read(out), _read(ref))
+
+
+def test_blockwise_output_keeps_the_input_orientation(
+    case: dict, client: object, tmp_path: Path
+) -> None:
+    import nibabel as nib
+
+    lps = np.array([[-1.0, 0, 0, 2.0], [0, -1.0, 0, 239.0], [0, 0, 1.0, -5.0], [0, 0, 0, 1.0]])
+    inputs = []
+    for c in ("c0", "c1"):  # uncompressed NIfTI: lazily readable by each block
+        data = _read(case[c]).transpose(2, 1, 0)
+        nib.save(nib.Nifti1Image(data, lps), tmp_path / f"{c}.nii")
+        inputs.append(tmp_path / f"{c}.nii")
+    out = predict_dask(case["model"], inputs, tmp_path / "out.nii.gz", client,
+                       block_depth=16, progress=False)  # fmt: skip
+    img = nib.load(out)
+    np.testing.assert_array_equal(img.header.get_best_affine(), lps)
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), _read(case["vote"]))
 
 
 def test_cli_predicts_with_a_local_cluster(case: dict, tmp_path: Path) -> None:

@@ -48,3 +48,32 @@ def test_prob_fusion_and_padding_keep_the_shape() -> None:
         assert pred.shape == (13, 9, 21) and pred.dtype == np.uint8
     with pytest.raises(ValueError, match="fusion must be one of"):
         predict_array(_WindowMean(), image, patch=8, fusion="max")
+
+
+def _most_votes(patch: int, step: int) -> int:
+    """The largest weighted vote count any voxel collects, counted window by window (1D per axis).
+
+    Along one axis, ``n`` windows cover a voxel and ``m`` of them have it in their
+    central half; the voxel's count is n^3 (weight 1 each) + m^3 (the extra 1 of weight 2).
+    """
+    length = 3 * patch  # long enough for a voxel to be covered by every window that can reach it
+    n, m = np.zeros(length, int), np.zeros(length, int)
+    lo, hi = patch // 4, patch // 4 + patch // 2
+    for s in range(0, length - patch + 1, step):
+        n[s : s + patch] += 1
+        m[s + lo : s + hi] += 1
+    return int((n**3 + m**3).max())
+
+
+@pytest.mark.parametrize(
+    ("patch", "step", "dtype"),
+    [(64, 32, np.uint8), (16, 8, np.uint8), (32, 4, np.uint16), (40, 1, np.uint32)],
+)
+def test_the_vote_counter_holds_the_largest_count(patch: int, step: int, dtype: type) -> None:
+    from meunet.inference.sliding import vote_dtype, window_step
+
+    most = _most_votes(patch, step)
+    assert vote_dtype(patch, step) == dtype  # the paper's overlap keeps the small counter
+    assert most <= np.iinfo(vote_dtype(patch, step)).max
+    if (patch, step) == (40, 1):  # P = 40 at --overlap 0.99: a uint16 counter would wrap
+        assert window_step(40, 0.99) == 1 and most == 40**3 + 20**3 > np.iinfo(np.uint16).max

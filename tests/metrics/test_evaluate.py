@@ -66,3 +66,24 @@ def test_shape_and_label_errors(tmp_path: Path) -> None:
         evaluate_case(open_volume(tmp_path / "p.zarr"), open_volume(tmp_path / "t.zarr"), 3)
     with pytest.raises(MeunetError, match=r"label values outside 0..2; pass --data"):
         evaluate_case(open_volume(tmp_path / "t.zarr"), open_volume(tmp_path / "q.zarr"), 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.nan, r"label values \{nan\} are not whole class indices; fix the label file \(NaN"),
+        (1.5, r"label values \{1.5\} are not whole class indices"),  # would count as class 1
+        (np.inf, r"label values \{inf\} are not whole class indices"),
+        (3.0, r"label values outside 0..2; pass --data DATASET.yaml .* \(found \{3\}\)"),
+    ],
+)
+def test_truth_values_that_are_not_class_indices(
+    tmp_path: Path, value: float, message: str
+) -> None:
+    truth = np.zeros((10, 10, 10), np.float32)
+    truth[2:5, 2:5, 2:5] = 1
+    truth[7, 7, 7] = value
+    write_volume(tmp_path / "t.nii.gz", truth)
+    write_volume(tmp_path / "p.zarr", np.zeros((10, 10, 10), np.uint8))
+    with pytest.raises(MeunetError, match=rf"t\.nii\.gz: {message}"):
+        evaluate_case(open_volume(tmp_path / "p.zarr"), open_volume(tmp_path / "t.nii.gz"), 3)

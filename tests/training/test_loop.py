@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from meunet.cli.main import main
 from meunet.data.phantom import make_phantom_dataset
@@ -121,6 +123,48 @@ def test_a_foreign_checkpoint_is_refused(phantom: Path, tmp_path: Path) -> None:
         train(cfg, spec, tmp_path / "run", progress=False)
     with pytest.raises(MeunetError, match="nothing to resume from"):
         train(cfg, spec, tmp_path / "empty", resume=True, progress=False)
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_on_another_dataset_is_refused(phantom: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(phantom.parent, data)  # copy2: the same sizes and timestamps
+    spec = load_spec(data / phantom.name)
+    cfg = _cfg(epochs=1, patches_per_epoch=4)
+    train(cfg, spec, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["dataset"]["spec"] == str(
+        (data / phantom.name).resolve()
+    )
+    run = _snapshot(tmp_path / "run")
+    more = dataclasses.replace(cfg, epochs=2)
+    # another dataset.yaml: the same cases in another split
+    other = data / "other.yaml"
+    raw = yaml.safe_load((data / phantom.name).read_text())
+    raw["split"]["train"], raw["split"]["val"] = raw["split"]["val"], raw["split"]["train"]
+    other.write_text(yaml.safe_dump(raw))
+    with pytest.raises(MeunetError, match=rf"{phantom.name}, but this run gives .*other\.yaml"):
+        train(more, load_spec(other), tmp_path / "run", resume=True, progress=False)
+    # the same dataset.yaml, a case file replaced
+    label = spec.cases[spec.split["train"][0]].label
+    assert label is not None
+    original = data / "original"
+    shutil.move(label, original)
+    if original.is_dir():  # a fresh copy of the same voxels: new timestamps
+        shutil.copytree(original, label, copy_function=shutil.copyfile)
+    else:
+        shutil.copyfile(original, label)
+    with pytest.raises(MeunetError, match=r"which has changed since \(files .* modified since: "):
+        train(more, spec, tmp_path / "run", resume=True, progress=False)
+    assert _snapshot(tmp_path / "run") == run  # nothing written by a refused resume
+    # a copy of the dataset that kept the timestamps is the same dataset
+    shutil.rmtree(label) if label.is_dir() else label.unlink()
+    shutil.move(original, label)
+    train(more, load_spec(shutil.copy2(data / phantom.name, data / "copy.yaml")), tmp_path / "run",
+          resume=True, progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
 
 
 def test_a_checkpoint_carrying_a_pickled_object_is_rejected(phantom: Path, tmp_path: Path) -> None:
@@ -308,6 +352,33 @@ def test_train_cascade_produces_a_stage2_model(phantom: Path, tmp_path: Path, mo
         train_cascade(load_spec(phantom), tmp_path / "c", mode=mode, base=base, progress=False)
         == best
     )
+
+
+def test_train_cascade_rerun_with_changed_settings_or_data_is_refused(
+    phantom: Path, tmp_path: Path
+) -> None:
+    from meunet.training.cascade import train_cascade
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom.parent, data)
+    spec = load_spec(data / phantom.name)
+    base = _cfg(epochs=1, patches_per_epoch=4)
+    train_cascade(spec, tmp_path / "c", mode="lowres", base=base, progress=False)
+    stage = tmp_path / "c" / "stage1" / "lowres"
+    assert (stage / "predictions" / "stage.json").is_file()
+    # killed after stage 1 finished, before stage 2 began: stage 1 must not be reused blindly
+    shutil.rmtree(tmp_path / "c" / "stage2")
+    (tmp_path / "c" / "cascade.json").unlink()
+    before = _snapshot(tmp_path / "c")
+    with pytest.raises(MeunetError, match=rf"{stage}: was trained with other settings \(lr: "):
+        train_cascade(spec, tmp_path / "c", mode="lowres", base=dataclasses.replace(base, lr=1e-2),
+                      progress=False)  # fmt: skip
+    image = spec.cases[spec.split["train"][0]].images[0]
+    chunk = next(p for p in sorted(image.rglob("*")) if p.is_file()) if image.is_dir() else image
+    os.utime(chunk, ns=(chunk.stat().st_atime_ns, chunk.stat().st_mtime_ns + 10**9))
+    with pytest.raises(MeunetError, match=rf"{stage}: was trained on the dataset .* changed since"):
+        train_cascade(spec, tmp_path / "c", mode="lowres", base=base, progress=False)
+    assert _snapshot(tmp_path / "c") == before
 
 
 def test_log_rows_missing_a_value_keep_the_columns(tmp_path: Path) -> None:

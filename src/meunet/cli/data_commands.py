@@ -38,6 +38,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         zarr_format=args.zarr_format,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.output}")
     return 0
@@ -55,6 +56,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"dtype:   {vol.dtype}")
         print(f"spacing: {vol.spacing} (z, y, x)")
         print(f"origin:  {vol.origin} (z, y, x)")
+        frame = vol.space or "none named"
+        print(f"direction: {vol.direction} (columns: axes z, y, x; world frame: {frame})")
         print(f"size:    {vol.nbytes / 2**20:.1f} MiB uncompressed")
     return 0
 
@@ -65,7 +68,13 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     shape = PAPER_SHAPE if args.paper_scale else tuple(args.shape)
     cases = 1 if args.paper_scale and args.cases is None else (args.cases or 6)
     path = make_phantom_dataset(
-        args.out, cases=cases, shape=shape, seed=args.seed, fmt=args.format, progress=not args.quiet
+        args.out,
+        cases=cases,
+        shape=shape,
+        seed=args.seed,
+        fmt=args.format,
+        progress=not args.quiet,
+        context_distance=args.context,
     )
     print(f"wrote {cases} case(s) of shape {shape} and {path}")
     return 0

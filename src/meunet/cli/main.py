@@ -1,15 +1,17 @@
 """``meunet``: one command, with subcommands.
 
-Each subcommand parses its arguments and calls the library; errors caused
-by the input (:class:`~meunet.errors.MeunetError`, and ``ValueError`` from
-argument validation) print one line and exit with status 2.
+Each subcommand parses its arguments and calls the library. Errors caused by
+the input (:class:`~meunet.errors.MeunetError`, and argparse's own) print one
+line and exit with status 2; any other exception is a bug in meunet: it keeps
+its traceback, asks to be reported, and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 
 from meunet.cli.data_commands import (
     PAPER_SHAPE,
@@ -21,6 +23,66 @@ from meunet.cli.data_commands import (
 from meunet.cli.predict_commands import cmd_demo, cmd_evaluate, cmd_overlay, cmd_predict
 from meunet.cli.train_commands import cmd_memory, cmd_plan, cmd_train, cmd_train_cascade
 from meunet.errors import MeunetError
+
+HELP_OVERWRITE = (
+    "replace an existing output that meunet did not write (never an input); "
+    "meunet's own outputs are replaced without it"
+)
+REPORT = "this is a bug in meunet; please report it with the command and this traceback"
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1) (a window overlap)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), e.g. 0.5, got {text}")
+    return value
+
+
+def distance(text: str) -> float:
+    """An argparse ``type``: a distance in voxels, >= 0 (the context phantom's D)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a distance >= 0 in voxels, e.g. 22, got {text}")
+    return value
+
+
+def settings_epilog(defaults: bool = True) -> str:
+    """The keys ``--set`` takes, with :class:`TrainConfig`'s defaults (for ``--help``)."""
+    import dataclasses
+
+    from meunet.training.config import TrainConfig
+
+    def show(value: object) -> str:  # as --set takes it: a list without spaces
+        return f"[{','.join(map(str, value))}]" if isinstance(value, tuple) else str(value)
+
+    if not defaults:
+        return "settings for --set KEY=VALUE: " + ", ".join(
+            f.name for f in dataclasses.fields(TrainConfig)
+        )
+    keys = ", ".join(f"{f.name} ({show(f.default)})" for f in dataclasses.fields(TrainConfig))
+    return f"settings for --set KEY=VALUE, with their defaults: {keys}"
 
 
 def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -38,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meunet",
         description="Memory-efficient segmentation of very large 3D images (microCT).",
     )
+    from meunet import __version__
+
+    parser.add_argument("--version", action="version", version=f"meunet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -45,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--cases", type=int, default=None, help="number of cases (default 6; 1 with --paper-scale)"
+        "--cases",
+        type=at_least(1),
+        default=None,
+        help="number of cases (default 6; 1 with --paper-scale)",
     )
     add_shape_option(p, "volume size (default 128 96 96)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -56,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--paper-scale",
         action="store_true",
         help=f"cases of the paper's size {PAPER_SHAPE}, streamed to Zarr",
+    )
+    p.add_argument(
+        "--context",
+        type=distance,
+        default=0.0,
+        metavar="D",
+        help="context phantom: a thin-tube voxel is hind-gut iff a bright marker's centre lies "
+        "within D voxels, else background (default 0: the classic phantom)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_phantom)
@@ -74,8 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=HELP_OVERWRITE,
+    )
+    p.add_argument(
         "--chunks",
-        type=int,
+        type=at_least(1),
         nargs=3,
         default=None,
         metavar=("Z", "Y", "X"),
@@ -104,21 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--k", type=float, default=1.5, help="meU-net expansion factor (default 1.5)"
         )
-        p.add_argument("--batch", type=int, default=4, help="patches per step (default 4)")
+        p.add_argument("--batch", type=at_least(1), default=4, help="patches per step (default 4)")
         p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA)")
         p.add_argument(
             "--checkpointing", action="store_true", help="gradient checkpointing per block"
         )
         p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-        p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
         p.add_argument(
-            "--classes", type=int, default=3, help="classes, background included (default 3)"
+            "--in-channels", type=at_least(1), default=1, help="input channels (default 1)"
+        )
+        p.add_argument(
+            "--classes",
+            type=at_least(2),
+            default=3,
+            help="classes, background included (default 3)",
         )
 
     p = sub.add_parser(
         "memory", help="measure the peak memory of real training steps (fresh subprocess)"
     )
-    p.add_argument("--patch", type=int, default=64, help="standard patch side P (default 64)")
+    p.add_argument(
+        "--patch", type=at_least(1), default=64, help="standard patch side P (default 64)"
+    )
     add_training_options(p)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=cmd_memory)
@@ -135,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("train", help="train a network (configs/*.yaml) on a dataset.yaml")
+    p = sub.add_parser(
+        "train",
+        help="train a network (configs/*.yaml) on a dataset.yaml",
+        epilog=settings_epilog(),
+    )
     p.add_argument("config", help="training config, e.g. configs/meunet.yaml")
     p.add_argument("--data", required=True, help="the dataset.yaml (train and val splits)")
     add_set_option(p, "override a config setting (repeatable)")
@@ -145,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "train-cascade", help="train both stage-1 branches, predict every case, train stage 2"
+        "train-cascade",
+        help="train both stage-1 branches, predict every case, train stage 2",
+        epilog=settings_epilog(),
     )
     p.add_argument("--data", required=True, help="the dataset.yaml")
     p.add_argument(
@@ -165,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_cascade)
 
     p = sub.add_parser(
-        "predict", help="segment a volume (any size) with a trained checkpoint, streaming"
+        "predict",
+        help="segment a volume (any size) with a trained checkpoint, streaming",
+        description="Segment a volume (any size) with a trained checkpoint, streaming. "
+        "An unfinished output of the same prediction (same model, inputs and settings), "
+        "left by a run that was interrupted, is resumed where it stopped. Any other output "
+        "meunet wrote is replaced; a path meunet did not write is refused unless --overwrite, "
+        "and an input is never replaced, even with --overwrite. The output is locked while "
+        "the prediction runs.",
     )
     p.add_argument(
         "--model",
@@ -184,17 +285,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", required=True, help="output labels: .zarr (streamed), .nii.gz, .tif, .h5, ..."
     )
-    p.add_argument("--patch", type=int, default=0, help="window side (default: the training patch)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=HELP_OVERWRITE,
+    )
+    p.add_argument(
+        "--patch",
+        type=int,
+        default=0,
+        help="window side (default: the checkpoint's infer_patch, E for a meU-net, else P; "
+        "a cascade.json uses each stage's own)",
+    )
     p.add_argument(
         "--fusion",
         choices=("vote", "prob"),
         default="vote",
         help="weighted one-hot votes (the paper's) or probabilities",
     )
-    p.add_argument("--batch", type=int, default=2, help="windows per forward pass (default 2)")
+    p.add_argument(
+        "--batch", type=at_least(1), default=2, help="windows per forward pass (default 2)"
+    )
     p.add_argument(
         "--overlap",
-        type=float,
+        type=fraction,
         default=0.5,
         help="fraction of a window its neighbour overlaps (default 0.5, the paper's)",
     )
@@ -212,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-depth",
-        type=int,
+        type=at_least(0),
         default=0,
         help="with --dask: z-slices per block core (default: about 4 blocks per worker)",
     )
@@ -237,9 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="split whose cases a folder is evaluated on: train, val, test, all",
     )
     p.add_argument(
-        "--classes", type=int, default=0, help="number of classes when no --data is given"
+        "--classes",
+        type=at_least(2),
+        default=0,
+        help="number of classes when no --data is given",
     )
     p.add_argument("--out", default=None, help="write OUT.csv and OUT.md")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=HELP_OVERWRITE,
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -251,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--class",
         dest="cls",
-        type=int,
+        type=at_least(1),
         default=None,
         help="structure to centre on (default: the smallest class)",
     )
@@ -259,11 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="dataset.yaml: class names, and remapping of the truth values"
     )
     p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=HELP_OVERWRITE,
+    )
     p.set_defaults(func=cmd_overlay)
 
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on the phantom: train a cascade, predict, evaluate, report",
+        epilog=settings_epilog(defaults=False),
     )
     p.add_argument(
         "--out", default="runs/demo", help="output folder (default runs/demo); rerun to resume"
@@ -288,12 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (MeunetError, ValueError) as e:  # bad input: one line, no traceback
+    except MeunetError as e:  # bad input: one line, no traceback
         print(f"meunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"meunet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # not the input's fault: keep what a developer needs to fix it
+        traceback.print_exc()
+        print(f"meunet {args.command}: {REPORT}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from meunet.errors import MeunetError
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
 
     from meunet.data.io import open_volume
     from meunet.inference.stream import estimate_memory, predict_volume
     from meunet.models import load_checkpoint, load_model
+    from meunet.training.config import checkpoint_window
     from meunet.training.loop import resolve_device
 
     if args.dask:
@@ -28,17 +31,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             device,
             not args.quiet,
             overlap=args.overlap,
+            overwrite=args.overwrite,
         )
         print(f"wrote {out}")
         return 0
     ckpt = load_checkpoint(args.model)
     model = load_model(args.model, map_location=device)
-    patch = args.patch or int(ckpt.get("train_config", {}).get("patch", 64))
+    patch = args.patch or checkpoint_window(ckpt)  # the window it was validated with
     inputs = [open_volume(p) for p in args.input]
     extra = [open_volume(p) for p in args.stage1]
     batch = args.batch
     if args.max_memory:
-        from meunet.memory import parse_bytes
+        from meunet.memory import format_bytes, parse_bytes
 
         budget = parse_bytes(args.max_memory)
 
@@ -49,8 +53,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         while batch > 1 and need(batch) > budget:
             batch -= 1
         if need(batch) > budget:
-            raise ValueError(
-                f"predicting {inputs[0].shape} with {patch}^3 windows needs about {need(batch) / 2**30:.2f} GiB "
+            raise MeunetError(
+                f"predicting {inputs[0].shape} with {patch}^3 windows needs about {format_bytes(need(batch))} "
                 f"beyond the interpreter, over --max-memory {args.max_memory}; use a smaller --patch"
             )
     out = predict_volume(
@@ -64,6 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device,
         not args.quiet,
         args.overlap,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0
@@ -73,11 +78,12 @@ def _predict_dask(args: argparse.Namespace) -> int:
     from meunet.inference.blocks import connect, predict_cascade_dask, predict_dask
 
     if args.max_memory:
-        raise ValueError(
+        raise MeunetError(
             "--max-memory applies to a single process; with --dask size the workers instead"
         )
     kw = dict(fusion=args.fusion, batch_size=args.batch, device=args.device, overlap=args.overlap,
-              block_depth=args.block_depth, progress=not args.quiet)  # fmt: skip
+              block_depth=args.block_depth, progress=not args.quiet,
+              overwrite=args.overwrite)  # fmt: skip
     with connect(args.dask) as client:
         if str(args.model).endswith(".json"):
             out = predict_cascade_dask(args.model, args.input, args.output, client, **kw)
@@ -100,10 +106,12 @@ def _find_prediction(folder: str, case: str) -> str | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import csv
+    import io
     import os
     from pathlib import Path
 
     from meunet.data.io import open_volume
+    from meunet.data.io.ownership import prepare_output, write_text
     from meunet.metrics.evaluate import evaluate_case, summary_table
 
     spec = None
@@ -112,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         spec = load_spec(args.data)
     if spec is None and not args.classes:
-        raise ValueError("give --data DATASET.yaml (classes and label remapping) or --classes N")
+        raise MeunetError("give --data DATASET.yaml (classes and label remapping) or --classes N")
     classes = (
         list(spec.classes)
         if spec
@@ -122,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs: list[tuple[str, str, str]] = []
     if os.path.isdir(args.pred) and not args.pred.rstrip("/").endswith(".zarr"):
         if spec is None:
-            raise ValueError(
+            raise MeunetError(
                 f"{args.pred} is a folder of predictions: give --data DATASET.yaml to match them to cases"
             )
         ids = spec.split.get(args.split, ()) if args.split != "all" else tuple(spec.cases)
@@ -131,13 +139,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if found and spec.cases[cid].label is not None:
                 pairs.append((cid, found, str(spec.cases[cid].label)))
         if not pairs:
-            raise ValueError(
+            raise MeunetError(
                 f"{args.pred}: no CASE.zarr / CASE.nii.gz predictions for the {args.split} cases of {spec.path}"
             )
     else:
         if not args.truth:
-            raise ValueError("give --truth for a single prediction")
+            raise MeunetError("give --truth for a single prediction")
         pairs.append((Path(args.pred).name.split(".")[0], args.pred, args.truth))
+    if args.out:  # refuse before the (long) evaluation
+        sources = [p for pair in pairs for p in pair[1:]] + ([args.data] if args.data else [])
+        for suffix in (".csv", ".md"):
+            prepare_output(f"{args.out}{suffix}", sources, args.overwrite, folder=False)
     results = {
         cid: evaluate_case(open_volume(p), open_volume(t), len(classes), remap)
         for cid, p, t in pairs
@@ -145,12 +157,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows, table = summary_table(results, classes)
     print(table)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{args.out}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        Path(f"{args.out}.md").write_text(table + "\n")
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(f"{args.out}.csv", buffer.getvalue(), sources, args.overwrite, "evaluate")
+        write_text(f"{args.out}.md", table + "\n", sources, args.overwrite, "evaluate")
         print(f"wrote {args.out}.csv and {args.out}.md")
     return 0
 
@@ -167,7 +179,14 @@ def cmd_overlay(args: argparse.Namespace) -> int:
         spec = load_spec(args.data)
         names, remap = list(spec.classes), spec.remap_labels
     out = overlay_png(
-        open_volume(args.image), open_volume(args.labels), args.out, truth, args.cls, names, remap
+        open_volume(args.image),
+        open_volume(args.labels),
+        args.out,
+        truth,
+        args.cls,
+        names,
+        remap,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0

@@ -7,8 +7,10 @@ the file and the fix, so that one run lists everything to repair.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -19,6 +21,7 @@ from meunet.data.volume import Volume
 from meunet.errors import MeunetError
 
 SPACING_RTOL = 1e-3
+T = TypeVar("T")
 
 
 @dataclass
@@ -234,6 +237,24 @@ def _label_counts(
     return counts
 
 
+def _unreadable_is_a_problem(
+    case: Case, vol: Volume, problems: list[Problem], scan: Callable[[], T]
+) -> T | None:
+    """Run ``scan`` over ``vol``; a read error becomes a problem instead of ending the check."""
+    try:
+        return scan()
+    except MeunetError as e:
+        problems.append(
+            Problem(
+                case.id,
+                vol.path,
+                str(e).removeprefix(f"{vol.path}: "),
+                "repair or re-export the file, or correct its path in the spec",
+            )
+        )
+        return None
+
+
 def _n_slabs(vols: Iterable[Volume]) -> int:
     from meunet.data.volume import slab_depth
 
@@ -262,11 +283,17 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
             disable=not progress,
             leave=False,
         ) as bar:
+            # a file that opens can still fail half-way (a truncated .nii.gz, a corrupt
+            # or missing chunk): note it and go on, so one run lists every problem
             for vol in images:
-                rng = _image_stats(case, vol, problems, bar)
+                rng = _unreadable_is_a_problem(
+                    case, vol, problems, partial(_image_stats, case, vol, problems, bar)
+                )
                 summary.ranges.append(rng if rng is not None else (np.nan, np.nan))
             if label is not None:
-                summary.class_counts = _label_counts(case, label, spec, problems, bar)
+                summary.class_counts = _unreadable_is_a_problem(
+                    case, label, problems, partial(_label_counts, case, label, spec, problems, bar)
+                )
         for v in vols:
             v.close()
 

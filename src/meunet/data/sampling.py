@@ -40,7 +40,7 @@ from meunet.data.io import open_volume
 from meunet.data.patches import CaseFiles, PatchDataset, PatchRef
 from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume, slab_depth
-from meunet.errors import SpecError, VolumeError
+from meunet.errors import SettingError, SpecError, VolumeError
 
 MIN_PATCH = 16  # below this the U-net's four poolings leave less than one voxel
 MAX_PATCH = 512  # per-cell counts are uint32: (512 / 2)^3 voxels fit easily
@@ -66,27 +66,27 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         p, e = self.patch, self.expanded
         if p % 2:
-            raise ValueError(
+            raise SettingError(
                 f"patch side {p} is odd; the half-overlap grid needs an even side: use {p + 1}"
             )
         if p < MIN_PATCH:
-            raise ValueError(f"patch side {p} is below {MIN_PATCH}: use at least {MIN_PATCH}")
+            raise SettingError(f"patch side {p} is below {MIN_PATCH}: use at least {MIN_PATCH}")
         if p > MAX_PATCH:
-            raise ValueError(
+            raise SettingError(
                 f"patch side {p} is above {MAX_PATCH}: use at most {MAX_PATCH} "
                 "(or a downsampled dataset for more context)"
             )
         if e and (e % 2 or e < p):
-            raise ValueError(
+            raise SettingError(
                 f"expanded side {e} must be even and at least the patch side {p} "
                 f"(or 0 for none): use e.g. {max(p, e + e % 2)}"
             )
         if not 0.0 < self.bg_threshold <= 1.0:
-            raise ValueError(f"bg_threshold must be in (0, 1], got {self.bg_threshold}")
+            raise SettingError(f"bg_threshold must be in (0, 1], got {self.bg_threshold}")
         if not 0.0 <= self.bg_keep <= 1.0:
-            raise ValueError(f"bg_keep must be a probability in [0, 1], got {self.bg_keep}")
+            raise SettingError(f"bg_keep must be a probability in [0, 1], got {self.bg_keep}")
         if self.max_patches < 0:
-            raise ValueError(f"max_patches must be >= 0 (0 = no cap), got {self.max_patches}")
+            raise SettingError(f"max_patches must be >= 0 (0 = no cap), got {self.max_patches}")
 
 
 def grid_positions(n: int, patch: int, step: int | None = None) -> list[int]:
@@ -156,13 +156,14 @@ class PatchSampler:
         from tqdm.auto import tqdm
 
         if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise SettingError(f"seed must be >= 0, got {seed}")
         self.spec = spec
         self.cfg = cfg
         self.seed = int(seed)
         self.case_ids = _check_cases(spec, case_ids)
         self._files = {cid: _case_files(spec, cid, extra) for cid in self.case_ids}
         shapes = {cid: _check_shapes(cid, files) for cid, files in self._files.items()}
+        self.shapes = shapes
 
         total = sum(s[0] * (1 + len(spec.channels)) for s in shapes.values())
         self.normalisation: dict[str, list[tuple[float, float]]] = {}
@@ -224,6 +225,36 @@ class PatchSampler:
             out += grid.counts[(slice(None), *idx)]
         return out
 
+    def first_epoch_class_counts(self) -> np.ndarray:
+        """Voxels per class over the patches of epoch 0 (what the class weights are made of).
+
+        Raises:
+            SettingError: when the roulette keeps no patch, with the setting to change
+                (a patch side larger than the volumes makes every candidate mostly padding).
+        """
+        refs = self.epoch(0)
+        if refs:
+            return self.class_counts(refs)
+        p, cfg = self.cfg.patch, self.cfg
+        message = (
+            f"no training patch: each of the {self.num_candidates} candidate patches is at least "
+            f"{cfg.bg_threshold:g} background (padding counts) and the roulette, keeping such a "
+            f"patch with probability bg_keep = {cfg.bg_keep:g}, kept none"
+        )
+        fit = max(min(shape) for shape in self.shapes.values()) // 2 * 2
+        if all(min(shape) < p for shape in self.shapes.values()):
+            shapes = ", ".join(f"{cid} {shape}" for cid, shape in list(self.shapes.items())[:5])
+            raise SettingError(
+                f"{message}: the patch side {p} is larger than every training volume ({shapes}); "
+                + (
+                    f"lower the patch side to at most {fit} (--set patch={fit})"
+                    if fit >= MIN_PATCH
+                    else f"the volumes are smaller than the smallest patch side {MIN_PATCH}: "
+                    "pad them, or raise bg_keep"
+                )
+            )
+        raise SettingError(f"{message}; raise bg_keep, or lower the patch side")
+
     def dataset(self, refs: Sequence[PatchRef]) -> PatchDataset:
         """A map-style dataset reading these patches lazily (see :class:`PatchDataset`)."""
         unknown = sorted({r.case for r in refs} - set(self._files))
@@ -258,7 +289,7 @@ class PatchSampler:
 def _check_cases(spec: DatasetSpec, case_ids: Sequence[str]) -> tuple[str, ...]:
     ids = tuple(str(c) for c in case_ids)
     if not ids:
-        raise ValueError(
+        raise SettingError(
             f"no cases to sample patches from: pass case ids of {spec.path.name} "
             "(e.g. spec.training_ids()), or add a train split to it"
         )
@@ -368,6 +399,11 @@ def channel_stats(
     Raises:
         VolumeError: if the volume holds NaN or infinite values.
     """
+    if vol.dtype.kind not in "biuf":  # complex would lose its imaginary part unseen
+        raise VolumeError(
+            f"{vol.path}: image dtype {vol.dtype} is not a real number type; "
+            "save the image as integers or floats (e.g. the magnitude of complex data)"
+        )
     n, mean, m2 = 0, 0.0, 0.0
     for _, slab in vol.slabs(slab_depth(vol.shape, np.float64, STREAM_BYTES)):
         x = slab.astype(np.float64)
@@ -383,3 +419,28 @@ def channel_stats(
     if not (math.isfinite(mean) and math.isfinite(std)):
         raise VolumeError(f"{vol.path}: image holds NaN or infinite values; fix or re-export it")
     return mean, std if std >= 1e-8 else 1.0
+
+
+def check_class_map(vol: Volume, num_classes: int) -> None:
+    """Refuse a label volume (e.g. a stage-1 prediction) unless it holds class indices.
+
+    Streamed in slabs. Values are checked on the volume's own dtype, before any
+    cast: a negative value would otherwise pick a class counted from the end.
+
+    Raises:
+        VolumeError: for a non-integer dtype or values outside 0..num_classes - 1.
+    """
+    if vol.dtype.kind not in "biu":
+        raise VolumeError(
+            f"{vol.path}: label map has dtype {vol.dtype}; it must hold integer class indices "
+            "(e.g. the uint8 labels meunet predict writes)"
+        )
+    lo, hi = 0, 0
+    for _, slab in vol.slabs(slab_depth(vol.shape, vol.dtype, STREAM_BYTES)):
+        if slab.size:
+            lo, hi = min(lo, int(slab.min())), max(hi, int(slab.max()))
+    if lo < 0 or hi >= num_classes:
+        raise VolumeError(
+            f"{vol.path}: label map holds values {lo}..{hi}, but the model has {num_classes} "
+            f"classes (0..{num_classes - 1}); pass the stage-1 prediction made for this model"
+        )

@@ -23,7 +23,8 @@ Example (``examples/brats4.yaml``)::
       test: []
 
 Without ``label_map`` the label files must hold the class indices
-0 .. len(classes) - 1 themselves. Paths are relative to ``root``.
+0 .. len(classes) - 1 themselves. Paths are relative to ``root``. A key given
+twice (a case id pasted twice) is refused rather than silently collapsed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 import yaml
 
 from meunet.data.volume import Spacing, as_spacing
-from meunet.errors import SpecError
+from meunet.errors import SettingError, SpecError
 
 SPLITS = ("train", "val", "test")
 
@@ -111,7 +112,7 @@ class DatasetSpec:
         bad = keys[idx] != flat
         if bad.any():
             found = np.unique(flat[bad])[:10].tolist()
-            raise ValueError(
+            raise SettingError(
                 f"{where}: label values {found} are not declared; add them to label_map in "
                 f"{self.path.name} or fix the label file"
             )
@@ -141,6 +142,8 @@ def _label_map(raw: Any, classes: tuple[str, ...], where: str) -> dict[float, in
     out: dict[float, int] = {}
     for key, target in raw.items():
         try:
+            if isinstance(key, bool):
+                raise TypeError  # YAML's true/yes/on: a typo, not the value 1
             value = float(key)
         except (TypeError, ValueError):
             raise SpecError(f"{where}: label_map key {key!r} is not a number") from None
@@ -150,13 +153,54 @@ def _label_map(raw: Any, classes: tuple[str, ...], where: str) -> dict[float, in
                     f"{where}: label_map sends {key} to {target!r}, which is not in classes {list(classes)}"
                 )
             out[value] = classes.index(target)
-        elif isinstance(target, int) and 0 <= target < len(classes):
+        elif (
+            isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(classes)
+        ):
             out[value] = target
         else:
             raise SpecError(
                 f"{where}: label_map target {target!r} for {key} is neither a class name nor an index < {len(classes)}"
             )
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping key given twice.
+
+    PyYAML keeps the last of two equal keys, so a case id pasted twice would
+    silently lose the first case.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor" merges keys that the mapping may override
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != line:
+                raise SpecError(
+                    f"{self.name}: key {key!r} appears twice (lines {first} and {line}), "
+                    "and YAML would silently keep only the last one; rename or remove one of them"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _id_list(value: Any, where: str) -> tuple[str, ...]:
+    """A list of case ids (null is empty); refuse a bare string, which is not a list."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(i, (str, int)) for i in value):
+        raise SpecError(
+            f"{where} must be a list of case ids, e.g. [{value}] or [c0, c1], got {value!r}"
+            if isinstance(value, (str, int))
+            else f"{where} must be a list of case ids, e.g. [c0, c1], got {value!r}"
+        )
+    return tuple(str(i) for i in value)
 
 
 def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
@@ -173,7 +217,12 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
     if not path.is_file():
         raise SpecError(f"{path}: dataset spec not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _UniqueKeyLoader(path.read_text())
+        loader.name = str(path)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
@@ -235,11 +284,23 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
         )
 
     split: dict[str, tuple[str, ...]] = {}
-    for name, ids in (raw.get("split") or {}).items():
+    split_raw = raw.get("split") or {}
+    if not isinstance(split_raw, dict):
+        raise SpecError(
+            f"{where}: split must map train/val/test to lists of case ids, "
+            f"e.g. {{train: [c0, c1], val: [c2]}}, got {split_raw!r}"
+        )
+    for name, ids in split_raw.items():
         if name not in SPLITS:
             raise SpecError(f"{where}: split {name!r} unknown; use {list(SPLITS)}")
-        split[name] = tuple(str(i) for i in ids or [])
-    folds = tuple(tuple(str(i) for i in fold) for fold in raw.get("folds") or [])
+        split[name] = _id_list(ids, f"{where}: split {name!r}")
+    folds_raw = raw.get("folds") or []
+    if not isinstance(folds_raw, list):
+        raise SpecError(
+            f"{where}: folds must list the case ids of each fold, e.g. [[c0, c1], [c2, c3]], "
+            f"got {folds_raw!r}"
+        )
+    folds = tuple(_id_list(fold, f"{where}: fold {i}") for i, fold in enumerate(folds_raw))
     listed = [i for ids in split.values() for i in ids] + [i for f in folds for i in f]
     for cid in listed:
         if cid not in cases:

@@ -5,6 +5,17 @@ Axis order is (z, y, x) everywhere in meunet: z is the slowest-varying axis
 ``spacing`` is the voxel size in the same order, in the file's physical unit
 (millimetres for NIfTI and NRRD, usually micrometres for microCT TIFF and
 Zarr). Readers of formats stored the other way round (NIfTI, NRRD) transpose.
+
+Orientation is one representation for every format: ``origin`` (the world
+position of the first voxel), ``spacing`` and ``direction``, a 3x3 matrix
+whose column ``a`` is the world direction of array axis ``a``. World
+coordinates are written in the same reversed order as the axes (third,
+second, first world axis), so the voxel at index ``n = (z, y, x)`` lies at
+``origin + direction @ (spacing * n)``; an identity direction is the
+axis-aligned grid of formats that store no orientation. ``space`` names the
+world frame (``"RAS"`` for NIfTI, the ``space`` of an NRRD such as
+``"LPS"``, ``""`` where the file names none). Each format module converts
+its native form (NIfTI affine, NRRD space directions) to and from this one.
 """
 
 from __future__ import annotations
@@ -16,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from meunet.errors import VolumeError
+from meunet.errors import SettingError, VolumeError
 
 Spacing = tuple[float, float, float]
 Slices = tuple[slice, slice, slice]
+#: Rows of a 3x3 matrix; column ``a`` is the world direction of array axis ``a`` (z, y, x).
+Direction = tuple[Spacing, Spacing, Spacing]
+IDENTITY: Direction = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 #: Reads the crop given by three step-positive slices, already clipped to the shape,
 #: and returns it as a (z, y, x) array.
@@ -79,6 +93,10 @@ class Volume:
         dtype: Data type of the values slicing returns.
         spacing: (z, y, x) voxel size.
         origin: (z, y, x) position of the first voxel, in the spacing's unit.
+        direction: World direction of each array axis (columns; see the module
+            docstring); identity for an axis-aligned grid.
+        space: World frame of ``origin`` and ``direction`` (``"RAS"``,
+            ``"LPS"``...; ``""``: none named).
         format: Short name of the file format (``"zarr"``, ``"nifti"``...).
         lazy: False where the format forces reading more than the crop
             (gzip-compressed NIfTI/NRRD); ``meunet convert`` makes such files lazy.
@@ -95,6 +113,8 @@ class Volume:
     spacing: Spacing
     read_crop: CropReader = field(repr=False)
     origin: Spacing = (0.0, 0.0, 0.0)
+    direction: Direction = IDENTITY
+    space: str = ""
     format: str = ""
     lazy: bool = True
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -112,6 +132,19 @@ class Volume:
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
 
+    def geometry(self) -> dict[str, Any]:
+        """Spacing, origin, direction and space, as ``write_volume`` keywords.
+
+        Example:
+            >>> write_volume("labels.nii.gz", labels, **scan.geometry())  # doctest: +SKIP
+        """
+        return {
+            "spacing": tuple(self.spacing),
+            "origin": tuple(self.origin),
+            "direction": tuple(tuple(row) for row in self.direction),
+            "space": self.space,
+        }
+
     def __getitem__(self, key: Any) -> np.ndarray:
         slices, dropped = normalize_key(key, self.shape)
         want = tuple(len(range(s.start, s.stop, s.step)) for s in slices)
@@ -120,8 +153,8 @@ class Volume:
         else:
             try:
                 out = np.asarray(self.read_crop(slices))
-            except (MemoryError, KeyboardInterrupt):
-                raise
+            except (MemoryError, KeyboardInterrupt, VolumeError):
+                raise  # a VolumeError already names the file and the fix
             except Exception as e:  # the reader library met a truncated or corrupt file
                 crop = ", ".join(f"{s.start}:{s.stop}" for s in slices)
                 raise VolumeError(
@@ -167,14 +200,29 @@ def as_spacing(value: Any, where: str) -> Spacing:
     try:
         sp = tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise SettingError(
             f"{where}: spacing must be three numbers (z, y, x), got {value!r}"
         ) from None
     if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
-        raise ValueError(
+        raise SettingError(
             f"{where}: spacing must be three positive numbers (z, y, x), got {value!r}"
         )
     return (sp[0], sp[1], sp[2])
+
+
+def as_direction(value: Any, where: str) -> Direction:
+    """Validate a direction: a 3x3 matrix of finite numbers with independent columns."""
+    try:
+        m = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        m = np.zeros(0)
+    if m.shape != (3, 3) or not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
+        raise ValueError(
+            f"{where}: direction must be a 3x3 matrix of independent columns "
+            f"(one per axis z, y, x), got {value!r}"
+        )
+    (a, b, c), (d, e, f), (g, h, i) = m.tolist()
+    return ((a, b, c), (d, e, f), (g, h, i))
 
 
 def memmap_reader(mm: np.memmap) -> CropReader:

@@ -13,7 +13,9 @@ end) only touch the halo, which is thrown away.
 Each core goes into its own chunks of the output Zarr (no two blocks share
 a chunk), and a marker records each finished block: a task whose worker
 dies is rerun elsewhere by Dask, and rerunning the command skips finished
-blocks. The output is marked complete only when every block is in.
+blocks, if the checkpoint, the settings and the inputs' content identity
+(:mod:`meunet.data.identity`) are unchanged; otherwise every block is
+predicted again. The output is marked complete only when every block is in.
 
 Clusters: ``local:N`` starts a :class:`distributed.LocalCluster` of N
 single-threaded worker processes; ``tcp://host:port`` joins a running
@@ -27,7 +29,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,11 +39,20 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from meunet.data.io import detect_format, open_volume, write_volume
+from meunet.data.identity import volume_identity
+from meunet.data.io import detect_format, open_volume, split_hdf5_path, write_volume
+from meunet.data.io.ownership import (
+    claim_output,
+    is_owned,
+    make_folder,
+    prepare_output,
+    remove_owned,
+)
+from meunet.data.io.zarr_io import WRITE_EVERY_CHUNK, geometry_attributes
 from meunet.data.sampling import channel_stats
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.sliding import window_step
+from meunet.inference.sliding import check_windows
 
 CONNECT_TIMEOUT = "30s"  # how long to wait for a scheduler to answer
 FAULT_ENV = (
@@ -51,7 +61,7 @@ FAULT_ENV = (
 
 
 def z_view(vol: Volume, z0: int, z1: int) -> Volume:
-    """Slices ``z0:z1`` of ``vol`` as a lazy volume of their own."""
+    """Slices ``z0:z1`` of ``vol`` as a lazy volume of their own (its origin is slice ``z0``'s)."""
 
     def read_crop(slices: tuple[slice, slice, slice]) -> np.ndarray:
         z, y, x = slices
@@ -63,7 +73,12 @@ def z_view(vol: Volume, z0: int, z1: int) -> Volume:
         dtype=vol.dtype,
         spacing=vol.spacing,
         read_crop=read_crop,
-        origin=vol.origin,
+        origin=tuple(  # type: ignore[arg-type]
+            o + row[0] * vol.spacing[0] * z0
+            for o, row in zip(vol.origin, vol.direction, strict=True)
+        ),
+        direction=vol.direction,
+        space=vol.space,
         format=vol.format,
     )
 
@@ -92,8 +107,14 @@ def plan_blocks(depth: int, patch: int, step: int, core: int) -> list[tuple[int,
 def _signature(
     checkpoint: str, inputs: Sequence[str], extra: Sequence[str], settings: dict[str, Any]
 ) -> str:
+    """What makes two runs the same prediction (for resuming).
+
+    The checkpoint's bytes, the settings, and each input's path and content
+    identity (:func:`~meunet.data.identity.volume_identity`).
+    """
     h = hashlib.sha256(Path(checkpoint).read_bytes())
-    h.update(json.dumps([list(inputs), list(extra), settings], sort_keys=True).encode())
+    ids = [volume_identity(open_volume(p)) for p in [*inputs, *extra]]
+    h.update(json.dumps([list(inputs), list(extra), ids, settings], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -139,8 +160,8 @@ def predict_block(
         device, False, settings["overlap"], stats=stats,
     )  # fmt: skip
     labels = np.asarray(zarr.open_array(str(part), mode="r")[c0 - r0 : c1 - r0])
-    zarr.open_array(output, mode="r+")[c0:c1] = labels
-    shutil.rmtree(part)
+    zarr.open_array(output, mode="r+").with_config(WRITE_EVERY_CHUNK)[c0:c1] = labels
+    remove_owned(part)
     done.write_text("ok\n")
     return index
 
@@ -196,17 +217,22 @@ def predict_dask(
     overlap: float = 0.5,
     block_depth: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Predict ``inputs`` blockwise on ``client``'s workers into ``output`` (Zarr, or any format at the end).
 
     Inputs must be readable by every worker at the same paths (a shared
     file system or object store); convert gzip NIfTI/NRRD to Zarr first.
+    ``patch`` is the window side; 0 takes the checkpoint's ``infer_patch``.
+    The checkpoint and inputs are checked before the output is claimed, as
+    :func:`~meunet.inference.stream.predict_volume` claims it.
     """
     from meunet.models import load_checkpoint
+    from meunet.training.config import checkpoint_window
 
     checkpoint = str(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    patch = patch or int(ckpt.get("train_config", {}).get("patch", 64))
+    ckpt = load_checkpoint(checkpoint)  # a bad checkpoint fails here, before any output exists
+    patch = patch or checkpoint_window(ckpt)
     vols = [open_volume(p) for p in inputs]
     for v in vols:
         if not v.lazy:
@@ -215,7 +241,13 @@ def predict_dask(
                 f"convert it first: meunet convert {v.path} {Path(v.path).name.split('.')[0]}.zarr"
             )
     shape = vols[0].shape
-    step = window_step(patch, overlap)
+    step = check_windows(patch, fusion, batch_size, overlap)
+    if patch < 16 or patch % 2:
+        raise MeunetError(f"window side must be an even number >= 16, got {patch}")
+    if block_depth < 0:
+        raise MeunetError(
+            f"block depth must be >= 0 (0: about 4 blocks per worker), got {block_depth}"
+        )
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     if not block_depth:  # about four blocks per worker, each at least a window deep
         block_depth = max(patch, -(-shape[0] // (4 * workers)))
@@ -228,64 +260,88 @@ def predict_dask(
 
     output = str(output)
     fmt = detect_format(output, must_exist=False)
-    store = str(Path(output if fmt == "zarr" else output + ".partial.zarr").resolve())
+    store = output if fmt == "zarr" else split_hdf5_path(output)[0] + ".partial.zarr"
+    store = str(Path(store).resolve())
     work = Path(f"{store}.blocks")
-    arr = _open_output(store, shape, block_depth, vols[0].spacing, signature, work)
     stats = [channel_stats(v) for v in vols]  # the whole volume's, as a single run uses
-    run = uuid.uuid4().hex[:12]  # a fresh key per run: never a result cached from another output
-    todo = [i for i in range(len(blocks)) if not (work / f"block{i:05d}.done").exists()]
-    futures = [
-        client.submit(
-            predict_block, str(Path(checkpoint).resolve()), ins, ext, store, blocks[i], i,
-            stats, settings, key=f"meunet-block-{run}-{i}", retries=2, pure=False,
-        )
-        for i in todo
-    ]  # fmt: skip
-    from distributed import as_completed
+    sources = [*vols, *extra]
+    with claim_output(output, sources, overwrite, command="predict"):
+        if store != str(Path(output).resolve()):
+            prepare_output(store, sources, overwrite, folder=True)  # the work store
+        arr = _open_output(store, shape, block_depth, vols[0], signature, work)
+        # a fresh key per run: never a result cached from another output
+        run = uuid.uuid4().hex[:12]
+        todo = [i for i in range(len(blocks)) if not (work / f"block{i:05d}.done").exists()]
+        futures = [
+            client.submit(
+                predict_block, str(Path(checkpoint).resolve()), ins, ext, store, blocks[i], i,
+                stats, settings, key=f"meunet-block-{run}-{i}", retries=2, pure=False,
+            )
+            for i in todo
+        ]  # fmt: skip
+        from distributed import as_completed
 
-    with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=f"predict {Path(output).name}",
-              unit="block", disable=not progress) as bar:  # fmt: skip
-        for future in as_completed(futures):
-            future.result()  # a block that failed after its retries raises here
-            bar.update(1)
-    arr.attrs["meunet"] = {"complete": True, "done_until": shape[0], "signature": signature}
-    shutil.rmtree(work, ignore_errors=True)
-    if fmt != "zarr":
-        write_volume(output, open_volume(store), spacing=vols[0].spacing, origin=vols[0].origin)
-        shutil.rmtree(store)
-    return Path(output)
+        with tqdm(total=len(blocks), initial=len(blocks) - len(todo), desc=f"predict {Path(output).name}",
+                  unit="block", disable=not progress) as bar:  # fmt: skip
+            for future in as_completed(futures):
+                future.result()  # a block that failed after its retries raises here
+                bar.update(1)
+        arr.attrs["meunet"] = {
+            "complete": True,
+            "every_chunk": True,
+            "done_until": shape[0],
+            "signature": signature,
+        }
+        remove_owned(work)
+        if fmt != "zarr":
+            write_volume(
+                output, open_volume(store), overwrite=overwrite, inputs=vols, **vols[0].geometry()
+            )
+            remove_owned(store)
+        return Path(output)
 
 
 def _open_output(
-    path: str, shape: tuple[int, int, int], core: int, spacing: Any, signature: str, work: Path
+    path: str, shape: tuple[int, int, int], core: int, like: Volume, signature: str, work: Path
 ) -> Any:
     """The output array; kept (with its finished-block markers) only for the same prediction."""
-    if os.path.isdir(path):
+    if os.path.isdir(path) and is_owned(path):  # predict_dask refused any other
         try:
             arr = zarr.open_array(path, mode="r+")
             if dict(arr.attrs).get("meunet", {}).get("signature") == signature:
-                work.mkdir(exist_ok=True)
+                make_folder(work, "predict")
                 return arr
-        except Exception:  # not ours, or damaged: start again
+        except Exception:  # another prediction's, or damaged: start again
             pass
-        shutil.rmtree(path)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    remove_owned(path)
+    remove_owned(work)
+    make_folder(path, "predict")
+    make_folder(work, "predict")
     # z-chunks divide every block's core, so no two blocks ever write one chunk
     zc = max(d for d in range(1, min(core, 64) + 1) if core % d == 0)
     chunks = (zc, min(128, shape[1]), min(128, shape[2]))
     return zarr.create_array(
         path, shape=shape, chunks=chunks, dtype="uint8", dimension_names=("z", "y", "x"),
-        attributes={"spacing": list(spacing), "origin": [0.0, 0.0, 0.0],
+        config=WRITE_EVERY_CHUNK,
+        attributes={**geometry_attributes(**like.geometry()),
                     "meunet": {"complete": False, "signature": signature}},
     )  # fmt: skip
 
 
 def predict_cascade_dask(
-    manifest: str | Path, inputs: Sequence[str | Path], output: str | Path, client: Any, **kw: Any
+    manifest: str | Path,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    client: Any,
+    overwrite: bool = False,
+    **kw: Any,
 ) -> Path:
-    """A whole cascade blockwise: each stage-1 branch to a Zarr beside the output, then stage 2."""
+    """A whole cascade blockwise: each stage-1 branch to a Zarr beside the output, then stage 2.
+
+    Every checkpoint and input is checked before the output is claimed.
+    """
     from meunet.inference.cascade import read_manifest
+    from meunet.models import load_checkpoint
 
     manifest = Path(manifest)
     stage1, stage2 = read_manifest(manifest)
@@ -293,17 +349,28 @@ def predict_cascade_dask(
         raise MeunetError(
             f"{manifest}: a low-resolution cascade is not predicted blockwise yet; drop --dask"
         )
-    work = Path(f"{output}.stage1")
-    work.mkdir(parents=True, exist_ok=True)
-    maps = []
-    for i, branch in enumerate(stage1):
-        target = work / f"branch{i}.zarr"
-        predict_dask(
-            manifest.parent / branch["checkpoint"], inputs, target, client, branch["patch"], **kw
-        )
-        maps.append(target)
-    out = predict_dask(
-        manifest.parent / stage2["checkpoint"], inputs, output, client, stage2["patch"], maps, **kw
-    )
-    shutil.rmtree(work)
+    settings = (kw.get("fusion", "vote"), kw.get("batch_size", 2), kw.get("overlap", 0.5))
+    check_windows(stage2["infer_patch"], *settings)  # before anything is written
+    for entry in (*stage1, stage2):
+        load_checkpoint(manifest.parent / entry["checkpoint"])
+    vols = [open_volume(p) for p in inputs]
+    for v in vols:
+        channel_stats(v)  # refuses NaN before anything is written
+    output = str(output)
+    with claim_output(output, vols, overwrite, command="predict"):
+        work = make_folder(f"{split_hdf5_path(output)[0]}.stage1", "predict")
+        maps = []
+        for i, branch in enumerate(stage1):
+            target = work / f"branch{i}.zarr"
+            window = branch["infer_patch"]
+            predict_dask(
+                manifest.parent / branch["checkpoint"], inputs, target, client, window, **kw
+            )
+            maps.append(target)
+        window = stage2["infer_patch"]
+        out = predict_dask(
+            manifest.parent / stage2["checkpoint"], inputs, output, client, window, maps,
+            overwrite=overwrite, **kw,
+        )  # fmt: skip
+        remove_owned(work)
     return out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from meunet.data.sampling import grid_positions
+from meunet.errors import SettingError
 from meunet.models import UNet3D
 
 FUSIONS = ("vote", "prob")
@@ -52,8 +53,41 @@ def centre_weights(patch: int) -> np.ndarray:
 def window_step(patch: int, overlap: float) -> int:
     """Step between windows of side ``patch`` overlapping by the fraction ``overlap``."""
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
+        raise SettingError(f"overlap must lie in [0, 1) (0.5: the paper's), got {overlap}")
     return max(1, round(patch * (1.0 - overlap)))
+
+
+def check_windows(patch: int, fusion: str, batch_size: int, overlap: float) -> int:
+    """Check the sliding-window settings a user chooses; return the step between windows.
+
+    Every predictor calls this before it reads or writes anything.
+
+    Raises:
+        SettingError: naming the setting and the values it takes.
+    """
+    if fusion not in FUSIONS:
+        raise SettingError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    whole = isinstance(batch_size, int | np.integer) and not isinstance(batch_size, bool)
+    if not whole or batch_size < 1:
+        raise SettingError(
+            f"batch size (windows per forward pass) must be a whole number >= 1, got {batch_size!r}"
+        )
+    return window_step(patch, overlap)
+
+
+def vote_dtype(patch: int, step: int) -> np.dtype:
+    """The smallest unsigned integer type that holds any voxel's weighted vote count.
+
+    A voxel lies in at most ceil(P / step) windows along each axis, and each
+    window votes with weight at most 2: at the paper's overlap that is 16
+    (uint8); at ``--overlap 0.99`` with P = 40 it is 128000 (uint32).
+
+    Example:
+        >>> vote_dtype(64, 32), vote_dtype(32, 4), vote_dtype(40, 1)
+        (dtype('uint8'), dtype('uint16'), dtype('uint32'))
+    """
+    most = 2 * (-(-patch // step)) ** 3
+    return np.min_scalar_type(most)
 
 
 def _windows(shape: tuple[int, int, int], patch: int, step: int) -> Iterator[tuple[int, int, int]]:
@@ -86,9 +120,7 @@ def predict_array(
         device: Where the network runs; fusion happens on the CPU.
         overlap: Fraction of a window its neighbour overlaps (0.5: the paper's).
     """
-    step = window_step(patch, overlap)
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    step = check_windows(patch, fusion, batch_size, overlap)
     was_training = model.training
     model.eval()
     c, *size = image.shape

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meunet.errors import MeunetError
+from meunet.errors import MeunetError, SettingError
 
 DIVISOR = 16  # 2^(levels-1) for the paper's 5-level network
 
@@ -63,11 +63,11 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         if self.patch < 1 or self.batch < 1 or self.steps < 2:
-            raise ValueError("need patch >= 1, batch >= 1 and steps >= 2")
+            raise SettingError("need patch >= 1, batch >= 1 and steps >= 2")
         if self.model == "meunet" and not 1.0 <= self.k <= 4.0:
-            raise ValueError(f"k must lie in [1, 4], got {self.k}")
+            raise SettingError(f"k must lie in [1, 4], got {self.k}")
         if self.amp and not self.device.startswith("cuda"):
-            raise ValueError("AMP (float16 autocast) is measured on CUDA only; drop --amp on CPU")
+            raise SettingError("AMP (float16 autocast) is measured on CUDA only; drop --amp on CPU")
 
     @property
     def expanded(self) -> int | None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meunet.errors import SettingError
 from meunet.memory.measure import DIVISOR, MemoryConfig, measure
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -21,8 +22,21 @@ def parse_bytes(text: str) -> int:
     """
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
     if not m:
-        raise ValueError(f"cannot read memory size {text!r}; write e.g. 16GB, 512MB or 2.5G")
+        raise SettingError(f"cannot read memory size {text!r}; write e.g. 16GB, 512MB or 2.5G")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_bytes(n: float) -> str:
+    """A byte count in the largest unit (powers of 1024) that keeps it >= 1.
+
+    Example:
+        >>> format_bytes(3 * 2**30), format_bytes(1536 * 2**10), format_bytes(1000)
+        ('3.00 GiB', '1.50 MiB', '1000 B')
+    """
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.2f} {unit}iB"
+    return f"{n:.0f} B"
 
 
 @dataclass

@@ -54,6 +54,30 @@ def _hd95(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
 
 
+def _check_labels(arr: np.ndarray, num_classes: int, path: str) -> None:
+    """Refuse values that are not class indices: a cast would turn 1.5 into 1 and NaN into garbage."""
+    if arr.dtype.kind not in "biuf":
+        raise MeunetError(
+            f"{path}: label dtype {arr.dtype} is not numeric; save labels as integers"
+        )
+    if not arr.size:
+        return
+    if arr.dtype.kind == "f":
+        odd = ~np.isfinite(arr) | (arr != np.round(arr))
+        if odd.any():
+            found = ", ".join(f"{v:g}" for v in np.unique(arr[odd])[:5])
+            raise MeunetError(
+                f"{path}: label values {{{found}}} are not whole class indices; fix the label file "
+                "(NaN marks no class: replace it with a class index)"
+            )
+    if arr.min() < 0 or arr.max() >= num_classes:
+        found = ", ".join(f"{v:g}" for v in np.unique(arr[(arr < 0) | (arr >= num_classes)])[:5])
+        raise MeunetError(
+            f"{path}: label values outside 0..{num_classes - 1}; pass --data DATASET.yaml to "
+            f"remap them, or fix the label file (found {{{found}}})"
+        )
+
+
 def evaluate_case(
     pred: Volume,
     truth: Volume,
@@ -80,12 +104,8 @@ def evaluate_case(
         t = np.asarray(truth[lo:hi])
         p = remap_pred(p) if remap_pred else p
         t = remap_truth(t) if remap_truth else t
-        for name, arr in (("p", p), ("t", t)):
-            if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-                path = pred.path if name == "p" else truth.path
-                raise MeunetError(
-                    f"{path}: label values outside 0..{num_classes - 1}; pass --data DATASET.yaml to remap them"
-                )
+        _check_labels(p, num_classes, pred.path)
+        _check_labels(t, num_classes, truth.path)
         core = slice(z0 - lo, z0 - lo + (z1 - z0))
         counter.update(p[core].astype(np.int64), t[core].astype(np.int64))
         for c in range(1, num_classes):

@@ -18,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from meunet.errors import MeunetError
+from meunet.errors import MeunetError, SettingError
 from meunet.models.unet import UNet3D, UNetConfig
 
 __all__ = ["MODELS", "UNet3D", "UNetConfig", "create_model", "load_model", "save_model"]
@@ -40,17 +41,17 @@ MODELS: dict[str, dict[str, Any]] = {
 
 def create_model(name: str, **cfg: Any) -> UNet3D:
     """Build a registered network; ``cfg`` sets :class:`UNetConfig` fields."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise SettingError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     fixed = MODELS[name]
     clash = {k for k in fixed if k in cfg and cfg[k] != fixed[k]}
     if clash:
-        raise ValueError(f"model {name!r} fixes {sorted(clash)}; use another model name instead")
+        raise SettingError(f"model {name!r} fixes {sorted(clash)}; use another model name instead")
     if name.startswith("cascade") and not cfg.get("extra_channels"):
-        raise ValueError(f"model {name!r} needs extra_channels (stage-1 branches x classes)")
+        raise SettingError(f"model {name!r} needs extra_channels (stage-1 branches x classes)")
     unknown = set(cfg) - set(UNetConfig.__dataclass_fields__)
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"unknown settings {sorted(unknown)} for {name!r}; known: {sorted(UNetConfig.__dataclass_fields__)}"
         )
     model = UNet3D(UNetConfig(**{**cfg, **fixed}))
@@ -81,21 +82,65 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise MeunetError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise MeunetError(
+            f"{path}: empty file (0 bytes), not a checkpoint; it was cut off while being written "
+            "or copied: copy it again, or train again"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickled objects are refused by the weights-only unpickler
-        raise MeunetError(
-            f"{path}: not a meunet checkpoint, or it carries pickled objects that are refused "
-            f"for safety ({type(e).__name__}: {str(e).splitlines()[0]})"
-        ) from None
+        raise MeunetError(_unreadable(path, e)) from None
     if not isinstance(ckpt, dict) or not {"model", "config", "state_dict"} <= set(ckpt):
         raise MeunetError(f"{path}: not a meunet checkpoint (needs model, config, state_dict)")
     return ckpt
 
 
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, without torch's advice to
+    retry with ``weights_only=False`` (which runs whatever code the file carries)."""
+    text = str(e)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return (
+            f"{path}: carries pickled objects that are refused for safety ({pickled.group(1)}): "
+            "loading them can run any code, so do not retry with weights_only=False. meunet "
+            "checkpoints hold only tensors and plain values; if this file is yours, load it "
+            "where it was made and re-save the weights with meunet (meunet.save_model), "
+            "or train again"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [line for line in text.splitlines() if line.strip()]
+    reason = detail.group(1) if detail else (lines[0] if lines else "no details")
+    return (
+        f"{path}: not a meunet checkpoint: cannot read it ({type(e).__name__}: "
+        f"{reason.split('. ')[0][:200]}); it is corrupt, truncated or another kind of file: "
+        "copy it again, or train again"
+    )
+
+
+def load_weights(model: UNet3D, state_dict: Any, path: str | Path) -> None:
+    """Load a checkpoint's ``state_dict`` into ``model``, naming ``path`` when it does not fit."""
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = "; ".join(lines[1:3] or lines[:1])[:300]
+        raise MeunetError(
+            f"{path}: its weights do not fit the network its config describes ({reason}); "
+            "the file was damaged or edited: use the checkpoint as meunet wrote it, or train again"
+        ) from None
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> UNet3D:
     """Rebuild a network from a checkpoint written by :func:`save_model`."""
     ckpt = load_checkpoint(path, map_location)
-    model = create_model(ckpt["model"], **ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = create_model(ckpt["model"], **ckpt["config"])
+    except (SettingError, TypeError, ValueError) as e:
+        raise MeunetError(
+            f"{path}: its model description does not build a network ({e}); the file was "
+            "damaged or edited: use the checkpoint as meunet wrote it, or train again"
+        ) from None
+    load_weights(model, ckpt["state_dict"], path)
     return model

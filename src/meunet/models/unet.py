@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from meunet.errors import SettingError
+
 ExtraMode = Literal["post", "pre"]
 
 
@@ -47,16 +49,19 @@ class UNetConfig:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
         if len(self.encoder_channels) < 2:
-            raise ValueError("a U-net needs at least 2 levels (encoder_channels)")
+            raise SettingError("a U-net needs at least 2 levels (encoder_channels)")
         if len(self.decoder_channels) != len(self.encoder_channels) - 1:
-            raise ValueError(
+            raise SettingError(
                 f"decoder_channels needs {len(self.encoder_channels) - 1} entries (levels "
                 f"{len(self.encoder_channels) - 1} .. 1), got {len(self.decoder_channels)}"
             )
+        for name in ("encoder_channels", "decoder_channels"):
+            if any(c < 1 for c in getattr(self, name)):
+                raise SettingError(f"{name} must all be >= 1, got {list(getattr(self, name))}")
         if self.in_channels < 1 or self.num_classes < 2 or self.extra_channels < 0:
-            raise ValueError("need in_channels >= 1, num_classes >= 2 and extra_channels >= 0")
+            raise SettingError("need in_channels >= 1, num_classes >= 2 and extra_channels >= 0")
         if self.extra_mode not in ("post", "pre"):
-            raise ValueError(f"extra_mode must be 'post' or 'pre', got {self.extra_mode!r}")
+            raise SettingError(f"extra_mode must be 'post' or 'pre', got {self.extra_mode!r}")
 
     @property
     def levels(self) -> int:

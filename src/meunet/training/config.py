@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ class TrainConfig:
     decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
     patch: int = 64  # standard patch side P
     k: float = 1.5  # meU-net: expanded patch side k * P (rounded to a multiple of 16)
+    infer_patch: int = 0  # inference/validation window side (0: E for meU-net, else P)
     batch: int = 2  # patches per optimizer step (the global batch, shared by DDP processes)
     micro_batches: int = 1  # split each batch, averaging the parts' gradients (what DDP does)
     lr: float = 9e-4  # Adam, the paper's
@@ -43,6 +47,10 @@ class TrainConfig:
         problems = []
         if self.patch < 16 or self.patch % 2:
             problems.append(f"patch must be an even number >= 16, got {self.patch}")
+        if self.infer_patch and (self.infer_patch < 16 or self.infer_patch % 2):
+            problems.append(
+                f"infer_patch must be 0 (the default window) or an even number >= 16, got {self.infer_patch}"
+            )
         if not 1.0 <= self.k <= 4.0:
             problems.append(f"k must lie in [1, 4], got {self.k}")
         if self.batch < 1 or self.epochs < 1 or self.patience < 1:
@@ -55,6 +63,28 @@ class TrainConfig:
             problems.append(f"fusion must be vote or prob, got {self.fusion!r}")
         if self.downsample < 1:
             problems.append(f"downsample must be >= 1, got {self.downsample}")
+        for name in ("encoder_channels", "decoder_channels"):
+            if any(c < 1 for c in getattr(self, name)):
+                problems.append(f"{name} must all be >= 1, got {list(getattr(self, name))}")
+        deepest = self.patch >> max(len(self.encoder_channels) - 1, 0)
+        if deepest <= 1 and 1 <= self.batch < 2 * max(self.micro_batches, 1):
+            # BatchNorm needs two values per channel: one 1-voxel patch gives it one
+            problems.append(
+                f"patch {self.patch} leaves one voxel at the deepest of {len(self.encoder_channels)} "
+                f"levels, and batch {self.batch} (micro_batches {self.micro_batches}) gives "
+                "BatchNorm one value there: use batch >= 2 per micro-batch, or a larger patch"
+            )
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            problems.append(f"lr must be a positive number, got {self.lr}")
+        for name in ("patches_per_epoch", "workers", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.bg_threshold <= 1.0:
+            problems.append(f"bg_threshold must lie in (0, 1], got {self.bg_threshold}")
+        if not 0.0 <= self.bg_keep <= 1.0:
+            problems.append(f"bg_keep must be a probability in [0, 1], got {self.bg_keep}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if problems:
             raise MeunetError("invalid training config: " + "; ".join(problems))
 
@@ -65,11 +95,39 @@ class TrainConfig:
             return 0
         return max(16, int(self.k * self.patch / 16 + 0.5) * 16)
 
+    @property
+    def window(self) -> int:
+        """Sliding-window side used at inference: ``infer_patch``, else E for meU-net, else P.
+
+        A meU-net's deeper levels learned from E^3 expanded patches; windows of
+        E give them that much data to look at, and cost far less memory at
+        inference than the expanded patches did in training.
+        """
+        return self.infer_patch or self.expanded or self.patch
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["encoder_channels"] = list(self.encoder_channels)
         d["decoder_channels"] = list(self.decoder_channels)
         return d
+
+
+def checkpoint_window(ckpt: Mapping[str, Any]) -> int:
+    """The sliding-window side a checkpoint is meant to be predicted with.
+
+    Training records the resolved :attr:`TrainConfig.window` as the checkpoint's
+    ``infer_patch``; a checkpoint from before that gets the default its
+    training settings (or, lacking those, its model name) resolve to.
+
+    Example:
+        >>> checkpoint_window({"model": "meunet", "train_config": {"patch": 32, "k": 1.5}})
+        48
+    """
+    if ckpt.get("infer_patch"):
+        return int(ckpt["infer_patch"])
+    known = {f.name for f in fields(TrainConfig)}
+    given = {"model": ckpt.get("model", "unet"), **ckpt.get("train_config", {})}
+    return TrainConfig(**{k: v for k, v in given.items() if k in known}).window
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:

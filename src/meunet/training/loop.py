@@ -2,16 +2,20 @@
 
 ``train`` samples patches (the paper's roulette), runs U-net or meU-net
 steps with the paper's loss, validates by sliding-window prediction of the
-whole validation volumes every epoch, stops early, and writes ``best.pt``,
+whole validation volumes every epoch (with the inference window
+``cfg.window``, so that the best epoch is the best one as the network will
+be used), stops early, and writes ``best.pt``,
 ``last.pt`` (atomically, self-describing, resumable exactly), ``log.csv``
 and ``curves.png`` into the output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import resource
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from meunet.data.identity import dataset_identity
 from meunet.data.io import open_volume
+from meunet.data.io.ownership import OutputLock, make_folder
 from meunet.data.resample import downsampled_dataset
 from meunet.data.sampling import PatchSampler, SamplerConfig
 from meunet.data.spec import DatasetSpec
@@ -37,13 +43,32 @@ from meunet.training.step import Batch, train_step
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``device`` setting: auto, cpu, cuda, cuda:N (or mps).
+
+    Raises:
+        MeunetError: for a name torch does not know, or a GPU this machine lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise MeunetError(
-            f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --set device=cpu"
+            f"device {name!r} is not one meunet runs on: use auto, cpu, cuda or cuda:N"
         )
-    return torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MeunetError(
+            f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; "
+            "use device cpu (--device cpu, or --set device=cpu in training)"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise MeunetError(
+            f"device {name!r}: this machine has {n} CUDA GPU(s), cuda:0 .. cuda:{n - 1}"
+        )
+    return device
 
 
 def train(
@@ -69,7 +94,9 @@ def train(
     """
     ranks, device = dist.from_env(resolve_device(cfg.device))
     try:
-        return _train(cfg, spec, Path(out_dir), resume, extra, progress, ranks, device)
+        # one writer per run folder: the main process holds its lock
+        with OutputLock(out_dir, "train") if ranks.main else contextlib.nullcontext():
+            return _train(cfg, spec, Path(out_dir), resume, extra, progress, ranks, device)
     finally:
         dist.finish(ranks)
 
@@ -86,7 +113,7 @@ def _train(
 ) -> Path:
     progress = progress and ranks.main
     if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out, "train")  # new, empty, or a run folder of meunet's
         for stale in out.glob(".*.partial*"):  # left by a process killed while writing
             stale.unlink()
     dist.barrier(ranks)
@@ -95,6 +122,8 @@ def _train(
             f"batch {cfg.batch} must be a multiple of processes x micro_batches "
             f"({ranks.world} x {cfg.micro_batches})"
         )
+    # what this run learns from, recorded in every checkpoint and compared on resume
+    dataset = dataset_identity(spec, extra)
     if cfg.downsample > 1:  # the low-resolution cascade's stage 1 trains on a downsampled copy
         if ranks.main:
             downsampled_dataset(spec, cfg.downsample, out / f"data_x{cfg.downsample}", progress)
@@ -131,7 +160,7 @@ def _train(
         seed=cfg.seed,
         progress=progress,
     )
-    weights = class_weights(sampler.class_counts(sampler.epoch(0)))
+    weights = class_weights(sampler.first_epoch_class_counts())
     loss_fn = SegLoss(weights).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp else None
@@ -142,7 +171,7 @@ def _train(
         last = out / "last.pt"
         if not last.is_file():
             raise MeunetError(f"{last}: nothing to resume from; drop --resume to start a new run")
-        ckpt = load_training_state(last, net, cfg.to_dict(), device)
+        ckpt = load_training_state(last, net, cfg.to_dict(), device, dataset)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -153,6 +182,16 @@ def _train(
             ckpt["best_epoch"],
             ckpt["since_best"],
         )
+        if ranks.main:
+            finished = start >= cfg.epochs or since_best >= cfg.patience
+            print(
+                f"{last}: finished after epoch {start} (best: epoch {best_epoch}); nothing to do"
+                if finished
+                else f"resuming from epoch {start + 1} of {cfg.epochs} ({last}: "
+                f"{start} done, best so far: epoch {best_epoch})",
+                file=sys.stderr,
+                flush=True,
+            )
     elif (out / "last.pt").exists():
         raise MeunetError(
             f"{out}: holds a previous run (last.pt); pass --resume to continue it, or choose a new --out"
@@ -216,6 +255,8 @@ def _train(
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": torch.get_rng_state(),
             "train_config": cfg.to_dict(),
+            "dataset": dataset,
+            "infer_patch": cfg.window,  # the window validation used and predict defaults to
             "classes": list(spec.classes),
             "channels": list(spec.channels),
             "class_weights": weights.tolist(),
@@ -295,7 +336,7 @@ class _ValidationSet:
         for cid in self.ids:
             image, label, extra = self.load(cid)
             pred = predict_array(
-                model, image, cfg.patch, extra, cfg.fusion, batch_size=cfg.batch, device=device
+                model, image, cfg.window, extra, cfg.fusion, batch_size=cfg.batch, device=device
             )
             counter.update(pred, label)
         return counter.dice()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from meunet.data.volume import Volume, slab_depth
+from meunet.errors import SettingError, VolumeError
 
 COLOURS = [
     (0, 0, 0, 0),
@@ -26,17 +27,26 @@ def centre_of(labels: Volume, cls: int | None) -> tuple[tuple[int, int, int], in
     """Centroid of class ``cls`` (default: the smallest foreground class present), streamed."""
     counts: dict[int, int] = {}
     sums: dict[int, np.ndarray] = {}
+    present: set[int] = set()
     depth = slab_depth(labels.shape, np.int64, 64 << 20)
     for z0 in range(0, labels.shape[0], depth):
         slab = np.asarray(labels[z0 : z0 + depth])
         for c in np.unique(slab):
             c = int(c)
+            present.add(c)
             if c == 0 or (cls is not None and c != cls):
                 continue
             pts = np.argwhere(slab == c)
             pts[:, 0] += z0
             counts[c] = counts.get(c, 0) + len(pts)
             sums[c] = sums.get(c, np.zeros(3)) + pts.sum(0)
+    if cls is not None and not counts:
+        found = sorted(present - {0})
+        raise SettingError(
+            f"{labels.path}: class {cls} does not occur in these labels "
+            f"({f'classes present: {found}' if found else 'only background'}); "
+            "choose one of them with --class, or leave --class out"
+        )
     if not counts:
         return tuple(n // 2 for n in labels.shape), None  # type: ignore[return-value]
     chosen = cls if cls is not None else min(counts, key=lambda c: counts[c])
@@ -52,12 +62,18 @@ def overlay_png(
     cls: int | None = None,
     names: list[str] | None = None,
     remap_truth: Callable[[np.ndarray], np.ndarray] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a PNG: axial, coronal and sagittal slices through the structure of interest.
 
     ``remap_truth`` maps the truth file's values to class indices (a dataset
     spec's ``remap_labels``); z runs upwards in the coronal and sagittal views.
+    An existing ``out`` that meunet did not write is refused unless ``overwrite``.
     """
+    from meunet.data.io.ownership import claim_output, mark, prepare_output
+
+    sources = [image, labels, *([truth] if truth is not None else [])]
+    prepare_output(out, sources, overwrite, folder=False)  # refuse before reading anything
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +82,7 @@ def overlay_png(
 
     for vol in (labels, truth):
         if vol is not None and vol.shape != image.shape:
-            raise ValueError(
+            raise VolumeError(
                 f"{vol.path}: shape {vol.shape} differs from the image {image.path} {image.shape}"
             )
     (z, y, x), chosen = centre_of(labels, cls)
@@ -124,9 +140,11 @@ def overlay_png(
     fig.suptitle(f"{Path(str(image.path)).name}: slices through {what}")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    with claim_output(out, sources, overwrite, folder=False, command="overlay"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.partial.png")
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        tmp.replace(out)
+        mark(out, "overlay")
     return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from meunet.data.io.zarr_io import ZarrSlabWriter
-from meunet.data.volume import Spacing, Volume, as_spacing
+from meunet.data.volume import IDENTITY, Direction, Spacing, Volume, as_direction, as_spacing
 from meunet.errors import VolumeError
 
 __all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "write_volume"]
@@ -51,6 +52,7 @@ _MODULES = {
     "zarr": "zarr_io", "hdf5": "hdf5_io", "numpy": "numpy_io",
     "tiff": "tiff_io", "nifti": "nifti_io", "nrrd": "nrrd_io",
 }  # fmt: skip
+_ORIENTED = ("nifti", "nrrd", "zarr")  # formats whose writer keeps direction and space
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF slices"
 
@@ -132,6 +134,10 @@ def write_volume(
     data: np.ndarray | Volume,
     spacing: Spacing | None = None,
     origin: Spacing | None = None,
+    direction: Direction | None = None,
+    space: str | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[Any] = (),
     **kwargs: Any,
 ) -> None:
     """Write a 3D array or lazy volume; the format follows the suffix.
@@ -139,14 +145,23 @@ def write_volume(
     Zarr, HDF5, NumPy and TIFF are written slab by slab, so a lazy volume
     larger than RAM can be written; NIfTI and NRRD need the whole array.
     Files are written under a temporary name and renamed when complete;
-    Zarr arrays are marked complete when done. Spacing and origin default to
-    those of ``data`` when it is a :class:`Volume`, else to 1 and 0.
+    Zarr arrays are marked complete when done. Spacing, origin, direction
+    and space default to those of ``data`` when it is a :class:`Volume`,
+    else to 1, 0, identity and none. NIfTI, NRRD and Zarr keep the
+    direction (see :mod:`meunet.data.volume`); HDF5, NumPy and TIFF store
+    spacing and origin only.
 
     Args:
         path: Output path; HDF5 takes ``file.h5:/dataset`` (default ``/volume``).
         data: (z, y, x) array or :class:`Volume`.
         spacing: (z, y, x) voxel size.
         origin: (z, y, x) position of the first voxel.
+        direction: World direction of each array axis (3x3, columns z, y, x).
+        space: World frame of origin and direction (``"RAS"``, ``"LPS"``, ``""``).
+        overwrite: Replace an existing path that meunet did not write; meunet
+            replaces its own outputs anyway, and never an input (``data``, or
+            ``inputs``), see :mod:`meunet.data.io.ownership`.
+        inputs: Further paths or volumes ``data`` is made from.
         **kwargs: Format options (Zarr: ``chunks``, ``zarr_format``, ``ome``;
             HDF5: ``chunks``, ``compression``; TIFF: ``compression``).
     """
@@ -158,7 +173,22 @@ def write_volume(
         spacing = data.spacing if isinstance(data, Volume) else (1.0, 1.0, 1.0)
     if origin is None:
         origin = data.origin if isinstance(data, Volume) else (0.0, 0.0, 0.0)
+    if direction is None:
+        direction = data.direction if isinstance(data, Volume) else IDENTITY
+    if space is None:
+        space = data.space if isinstance(data, Volume) else ""
     spacing = as_spacing(spacing, str(path))
     fmt = detect_format(path, must_exist=False)
-    Path(split_hdf5_path(str(path))[0]).parent.mkdir(parents=True, exist_ok=True)
-    _module(fmt).write(str(path), data, spacing, origin, **kwargs)
+    if fmt in _ORIENTED:
+        kwargs = {"direction": as_direction(direction, str(path)), "space": space, **kwargs}
+    from meunet.data.io.ownership import claim_output, mark, marker_info
+
+    sources = [*inputs, data] if isinstance(data, Volume) else list(inputs)
+    file_part = split_hdf5_path(str(path))[0]
+    with claim_output(path, sources, overwrite):
+        # an HDF5 file meunet adds a dataset to stays the user's; any other output is meunet's
+        ours = fmt != "hdf5" or not os.path.exists(file_part) or marker_info(file_part) is not None
+        Path(file_part).parent.mkdir(parents=True, exist_ok=True)
+        _module(fmt).write(str(path), data, spacing, origin, **kwargs)
+        if ours:
+            mark(file_part, "write")

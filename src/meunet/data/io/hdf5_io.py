@@ -106,6 +106,7 @@ def write(
             )
             ds.attrs["spacing"] = np.asarray(as_spacing(spacing, path))
             ds.attrs["origin"] = np.asarray(origin, dtype=float)
+            ds.attrs["meunet"] = "written by meunet"  # ownership: meunet may replace it
             depth = slab_depth(data.shape, data.dtype)
             for z0 in range(0, data.shape[0], depth):
                 ds[z0 : z0 + depth] = np.asarray(data[z0 : z0 + depth])

@@ -5,6 +5,13 @@ Raw-encoded data (attached or detached) is memory-mapped; gzip/bzip2/ascii
 data is decompressed whole on first access and kept (convert big ones to Zarr).
 A ``.seg.nrrd`` is read as its label map; its segment names and label values
 are in ``meta["segments"]``.
+
+Geometry: ``space directions`` (one row per file axis) become spacing (the
+row lengths) and direction (the unit rows, as (z, y, x) columns), ``space
+origin`` the origin, and ``space`` the frame (``"LPS"``, ``"RAS"``,
+``"LAS"``, or NRRD's own name for others). Writing reverses this, in the
+volume's own frame (LPS where it names none), so a file read and written
+back keeps its geometry.
 """
 
 from __future__ import annotations
@@ -16,7 +23,16 @@ import nrrd
 import numpy as np
 
 from meunet.data.io.atomic import atomic_path
-from meunet.data.volume import Slices, Spacing, Volume, as_spacing, memmap_reader
+from meunet.data.volume import (
+    IDENTITY,
+    Direction,
+    Slices,
+    Spacing,
+    Volume,
+    as_direction,
+    as_spacing,
+    memmap_reader,
+)
 from meunet.errors import VolumeError
 
 _TYPES = {
@@ -33,6 +49,12 @@ _TYPES = {
     "f8": ("double",),
 }  # fmt: skip
 _DTYPE = {name: code for code, names in _TYPES.items() for name in names}
+_SPACES = {
+    "right-anterior-superior": "RAS",
+    "left-anterior-superior": "LAS",
+    "left-posterior-superior": "LPS",
+}
+_SPACE_NAMES = {short: name for name, short in _SPACES.items()}
 
 
 def _dtype(header: dict[str, Any]) -> np.dtype:
@@ -41,17 +63,22 @@ def _dtype(header: dict[str, Any]) -> np.dtype:
     return np.dtype(order + code if code[1] != "1" else code)
 
 
-def _geometry(header: dict[str, Any], path: str) -> tuple[Spacing, Spacing]:
+def _geometry(header: dict[str, Any], path: str) -> tuple[Spacing, Spacing, Direction, str]:
+    space = str(header.get("space", ""))
+    direction = IDENTITY
     if "space directions" in header:
         dirs = np.asarray(header["space directions"], dtype=float)
-        rows = [r for r in dirs if np.all(np.isfinite(r))]
-        xyz = [float(np.linalg.norm(r)) for r in rows[-3:]]
+        rows = np.asarray([r for r in dirs if np.all(np.isfinite(r))][-3:])
+        xyz = [float(np.linalg.norm(r)) for r in rows]
+        if rows.shape == (3, 3):  # file axes (x, y, z) as rows of world (x, y, z)
+            direction = as_direction(rows.T[::-1, ::-1] / np.asarray(xyz[::-1]), path)
     elif "spacings" in header:
         xyz = [float(s) for s in np.asarray(header["spacings"])[-3:]]
     else:
         xyz = [1.0, 1.0, 1.0]
     o = np.asarray(header.get("space origin", (0.0, 0.0, 0.0)), dtype=float)
-    return as_spacing(xyz[::-1], path), (float(o[2]), float(o[1]), float(o[0]))
+    origin = (float(o[2]), float(o[1]), float(o[0]))
+    return as_spacing(xyz[::-1], path), origin, direction, _SPACES.get(space, space)
 
 
 def _segments(header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,7 +112,7 @@ def read(path: str) -> Volume:
         raise VolumeError(f"{path}: NRRD has sizes {header['sizes']}; {hint}")
     shape = (sizes[2], sizes[1], sizes[0])
     dtype = _dtype(header)
-    spacing, origin = _geometry(header, path)
+    spacing, origin, direction, space = _geometry(header, path)
     encoding = header.get("encoding", "raw")
     data_file = header.get("data file", header.get("datafile"))
     lazy = encoding == "raw" and header.get("line skip", header.get("lineskip", 0)) == 0
@@ -118,6 +145,8 @@ def read(path: str) -> Volume:
         dtype=dtype,
         spacing=spacing,
         origin=origin,
+        direction=direction,
+        space=space,
         read_crop=read_crop,
         format="nrrd",
         lazy=lazy,
@@ -130,23 +159,28 @@ def write(
     data: np.ndarray,
     spacing: Spacing,
     origin: Spacing,
+    direction: Direction = IDENTITY,
+    space: str = "",
     encoding: str | None = None,
     segments: dict[int, str] | None = None,
 ) -> None:
-    """Write a (z, y, x) array as NRRD with its spacing and origin.
+    """Write a (z, y, x) array as NRRD with its spacing, origin and direction.
 
     ``.seg.nrrd`` files are gzip-encoded label maps and carry ``segments``
     ({label value: name}) so that 3D Slicer shows them as a segmentation;
     other files are raw (memory-mappable) unless ``encoding`` says otherwise.
     """
     if path.lower().endswith(".nhdr"):
-        raise ValueError(f"{path}: meunet writes attached-header .nrrd files; use the .nrrd suffix")
+        raise VolumeError(
+            f"{path}: meunet writes attached-header .nrrd files; use the .nrrd suffix"
+        )
     data = np.ascontiguousarray(data)
     spacing = as_spacing(spacing, path)
     is_seg = path.lower().endswith(".seg.nrrd")
+    columns = np.asarray(direction, dtype=float) * np.asarray(spacing)
     header: dict[str, Any] = {
-        "space": "left-posterior-superior",
-        "space directions": np.diag([spacing[2], spacing[1], spacing[0]]),
+        "space": _SPACE_NAMES.get(space or "LPS", space),
+        "space directions": columns[::-1, ::-1].T,  # one row per file axis (x, y, z)
         "space origin": np.array([origin[2], origin[1], origin[0]], dtype=float),
         "kinds": ["domain"] * 3,
         "encoding": encoding or ("gzip" if is_seg else "raw"),

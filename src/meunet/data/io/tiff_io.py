@@ -10,7 +10,6 @@ resolution tags, else it is 1.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import tifffile
 from natsort import natsorted
 
 from meunet.data.io.atomic import atomic_path
+from meunet.data.io.ownership import make_folder, remove_owned
 from meunet.data.volume import Slices, Spacing, Volume, as_spacing, memmap_reader, slab_depth
 from meunet.errors import VolumeError
 
@@ -179,11 +179,13 @@ def write(
                     compression=compression,
                 )
         return
-    # a folder of slices, built beside the target and renamed when complete
-    head, tail = os.path.split(path.rstrip("/"))
+    # a folder of slices, built beside the target and renamed when complete;
+    # only folders carrying meunet's marker are ever deleted (see ownership)
+    path = path.rstrip("/") or path
+    head, tail = os.path.split(path)
     tmp = os.path.join(head, f".{tail}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    remove_owned(tmp)
+    make_folder(tmp, "write")
     width = max(4, len(str(data.shape[0] - 1)))
     for z, page in enumerate(pages()):
         tifffile.imwrite(
@@ -193,6 +195,5 @@ def write(
             resolution=resolution,
             compression=compression,
         )
-    if os.path.exists(path):
-        shutil.rmtree(path)
+    remove_owned(path)
     os.replace(tmp, path)

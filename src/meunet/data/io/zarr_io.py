@@ -1,26 +1,58 @@
 """Zarr (v3 and v2) and OME-Zarr: reading, and a chunked writer that takes slabs.
 
-A plain Zarr array keeps its voxel size in the attributes ``spacing`` and
-``origin`` (z, y, x). An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3)
+A plain Zarr array keeps its geometry in the attributes ``spacing``,
+``origin`` (z, y, x), ``direction`` (3x3, see :mod:`meunet.data.volume`) and
+``space``; an OME-Zarr group written by meunet keeps the last two as group
+attributes beside its ``coordinateTransformations``, which have no rotation. An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3)
 is read at level 0 with the voxel size of its ``coordinateTransformations``.
 
 Arrays written by :class:`ZarrSlabWriter` carry ``meunet.complete``: false
 until the writer is closed cleanly, so an interrupted conversion or
 prediction is refused on open instead of being mistaken for a finished one.
+
+A chunk missing from the store is an error when a read touches it: Zarr
+would silently return the fill value there, and a chunk lost in a copy or a
+download would train and evaluate as background. A writer that leaves out
+chunks equal to the fill value on purpose (zarr-python does so by default)
+makes arrays that meunet reads only once they declare it with the attribute
+``"missing_chunks": "fill_value"`` (on the array, or on an OME-Zarr group)::
+
+    zarr.open_array("labels.zarr", mode="r+").attrs["missing_chunks"] = "fill_value"
+
+meunet's own writers store every chunk, empty ones included, and say so
+(``meunet.every_chunk``), so a missing chunk in their output is always
+damage; arrays finished by earlier meunet versions, which skipped empty
+chunks, read missing chunks as the fill value.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from meunet.data.volume import Slices, Spacing, Volume, as_spacing
+from meunet.data.volume import (
+    IDENTITY,
+    Direction,
+    Slices,
+    Spacing,
+    Volume,
+    as_direction,
+    as_spacing,
+)
 from meunet.errors import VolumeError
 
 DEFAULT_CHUNK = 64
+#: The attribute (name, value) by which an array declares that missing chunks mean its fill value.
+MISSING_CHUNKS_ATTR = ("missing_chunks", "fill_value")
+#: Array options of every array meunet writes: store all-fill chunks too, so that a
+#: missing chunk always means damage (zarr-python leaves them out by default).
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def _ome_multiscale(attrs: dict[str, Any]) -> dict[str, Any] | None:
@@ -85,6 +117,7 @@ def read(path: str | Path) -> Volume:
         ms = _ome_multiscale(dict(node.attrs))
         if ms is not None:
             arr, spacing, origin, spatial = _open_ome(node, path, ms)
+            direction, space = _orientation(dict(node.attrs), path)
         else:
             arrays = [name for name, _ in node.arrays()]
             if len(arrays) != 1:
@@ -94,9 +127,11 @@ def read(path: str | Path) -> Volume:
                 )
             arr = node[arrays[0]]
             spacing, origin = _plain_geometry(arr, path)
+            direction, space = _orientation(dict(arr.attrs), path)
     else:
         arr = node
         spacing, origin = _plain_geometry(arr, path)
+        direction, space = _orientation(dict(arr.attrs), path)
         if arr.ndim != 3:
             raise VolumeError(f"{path}: Zarr array has shape {arr.shape}; meunet reads 3D volumes")
     state = dict(arr.attrs).get("meunet", {})
@@ -106,11 +141,18 @@ def read(path: str | Path) -> Volume:
             "run the command that wrote it again"
         )
     shape = tuple(int(arr.shape[i]) for i in spatial)
+    name, value = MISSING_CHUNKS_ATTR
+    # meunet before 0.2 finished its arrays without storing all-fill chunks ("every_chunk" unset)
+    older_meunet = state.get("complete") is True and not state.get("every_chunk")
+    declared = older_meunet or value in (dict(arr.attrs).get(name), dict(node.attrs).get(name))
+    guard = None if declared else _ChunkGuard(arr, path)
 
     def read_crop(slices: Slices) -> np.ndarray:
         key: list[Any] = [0] * arr.ndim
         for axis, s in zip(spatial, slices, strict=True):
             key[axis] = s
+        if guard is not None:
+            guard.require(key)
         return np.asarray(arr[tuple(key)])
 
     return Volume(
@@ -119,10 +161,93 @@ def read(path: str | Path) -> Volume:
         dtype=np.dtype(arr.dtype),
         spacing=spacing,
         origin=(origin[0], origin[1], origin[2]),
+        direction=direction,
+        space=space,
         read_crop=read_crop,
         format="zarr",
         meta={"chunks": tuple(arr.chunks), "zarr_format": arr.metadata.zarr_format},
     )
+
+
+class _ChunkGuard:
+    """Refuses a read that touches a chunk absent from the store.
+
+    Each chunk's key is looked up once, the first time a read touches it; a
+    grid of flags (one byte per chunk) remembers the chunks found, so the
+    repeated crops of training cost no further lookups.
+    """
+
+    def __init__(self, arr: Any, path: str) -> None:
+        self.arr, self.path = arr, path
+        self.chunk = tuple(int(c) for c in (arr.shards or arr.chunks))  # one stored object each
+        self.found = np.zeros(
+            [-(-int(n) // c) for n, c in zip(arr.shape, self.chunk, strict=True)], bool
+        )
+
+    def require(self, key: list[Any]) -> None:
+        """Raise VolumeError unless every chunk under ``key`` (slices and ints) is stored."""
+        ranges = []
+        for k, c in zip(key, self.chunk, strict=True):
+            start, stop = (k.start, k.stop) if isinstance(k, slice) else (k, k + 1)
+            ranges.append(range(start // c, -(-stop // c)))
+        todo = [g for g in itertools.product(*ranges) if not self.found[g]]
+        if not todo:
+            return
+        from zarr.core.sync import sync
+
+        prefix = self.arr.store_path.path
+        keys = [self.arr.metadata.encode_chunk_key(g) for g in todo]
+
+        async def exists() -> list[bool]:
+            store = self.arr.store
+            return await asyncio.gather(
+                *(store.exists(f"{prefix}/{k}" if prefix else k) for k in keys)
+            )
+
+        stored = sync(exists())
+        missing = [(g, k) for g, k, ok in zip(todo, keys, stored, strict=True) if not ok]
+        for g, ok in zip(todo, stored, strict=True):
+            self.found[g] = ok
+        if missing:
+            g, k = missing[0]
+            where = ", ".join(
+                f"{a * c}:{min((a + 1) * c, int(n))}"
+                for a, c, n in zip(g, self.chunk, self.arr.shape, strict=True)
+            )
+            array = f"{self.path.rstrip('/')}/{prefix}" if prefix else self.path
+            fill = self.arr.fill_value
+            raise VolumeError(
+                f"{self.path}: chunk {array}/{k} (voxels [{where}]) is missing"
+                + (f", and {len(missing) - 1} more in this read" if len(missing) > 1 else "")
+                + f"; Zarr would read it as the fill value {getattr(fill, 'item', lambda: fill)()}. "
+                "Re-copy or re-export the store (an interrupted copy leaves chunks out); "
+                "if its writer skipped chunks equal to the fill value on purpose, declare that with "
+                f"zarr.open_array({array!r}, mode='r+').attrs[{MISSING_CHUNKS_ATTR[0]!r}] = "
+                f"{MISSING_CHUNKS_ATTR[1]!r}"
+            )
+
+
+def _orientation(attrs: dict[str, Any], path: str) -> tuple[Direction, str]:
+    return as_direction(attrs.get("direction", IDENTITY), path), str(attrs.get("space", ""))
+
+
+def geometry_attributes(
+    spacing: Spacing,
+    origin: Spacing = (0.0, 0.0, 0.0),
+    direction: Direction = IDENTITY,
+    space: str = "",
+) -> dict[str, Any]:
+    """The attributes by which a plain Zarr array keeps its geometry (JSON types).
+
+    Example:
+        >>> attributes = geometry_attributes(**scan.geometry())  # doctest: +SKIP
+    """
+    return {
+        "spacing": [float(v) for v in spacing],
+        "origin": [float(v) for v in origin],
+        "direction": [[float(v) for v in row] for row in direction],
+        "space": str(space),
+    }
 
 
 def _plain_geometry(arr: Any, path: str) -> tuple[Spacing, Spacing]:
@@ -144,10 +269,15 @@ class ZarrSlabWriter:
         dtype: Stored data type.
         spacing: (z, y, x) voxel size.
         origin: (z, y, x) position of the first voxel.
+        direction: World direction of each axis (3x3, see :mod:`meunet.data.volume`).
+        space: World frame of origin and direction (``""``: none named).
         chunks: Chunk shape; 64^3 (clipped to the shape) by default.
         zarr_format: 3 (default) or 2.
         ome: Write an OME-Zarr group with one level; default from the suffix.
         compressors: Zarr compressors ("auto": zstd on v3, blosc on v2; None: raw).
+        overwrite: Replace an existing store that meunet did not write (one it
+            wrote is replaced anyway; see :mod:`meunet.data.io.ownership`).
+        inputs: Paths or volumes the data comes from: the store is never one of them.
 
     Example:
         >>> with ZarrSlabWriter("out.zarr", (200, 64, 64), "uint8") as w:  # doctest: +SKIP
@@ -162,20 +292,32 @@ class ZarrSlabWriter:
         dtype: Any,
         spacing: Spacing = (1.0, 1.0, 1.0),
         origin: Spacing = (0.0, 0.0, 0.0),
+        direction: Direction = IDENTITY,
+        space: str = "",
         chunks: tuple[int, int, int] | None = None,
         zarr_format: int = 3,
         ome: bool | None = None,
         compressors: Any = "auto",
+        overwrite: bool = False,
+        inputs: Sequence[Any] = (),
     ) -> None:
-        self.path = str(path)
+        from meunet.data.io.ownership import make_folder, prepare_output, remove_owned
+
+        self.path = str(path).rstrip("/") or str(path)
+        # never recreate a store that is an input or that meunet did not write
+        prepare_output(self.path, inputs, overwrite, folder=True)
         self.shape = tuple(int(n) for n in shape)
         spacing = as_spacing(spacing, self.path)
+        geometry = geometry_attributes(spacing, origin, as_direction(direction, self.path), space)
         chunks = chunks or tuple(min(DEFAULT_CHUNK, n) for n in self.shape)
         ome = self.path.rstrip("/").endswith(".ome.zarr") if ome is None else ome
         state = {"meunet": {"complete": False}}
+        remove_owned(self.path)
+        make_folder(self.path)  # the marker first: a crash from here on leaves a store of ours
         if ome:
-            group = zarr.open_group(self.path, mode="w", zarr_format=zarr_format)
+            group = zarr.create_group(self.path, zarr_format=zarr_format)
             ms = _ome_metadata(spacing, origin)
+            group.attrs.update({k: geometry[k] for k in ("direction", "space")})
             if zarr_format == 3:
                 group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
             else:
@@ -187,10 +329,11 @@ class ZarrSlabWriter:
                 dtype=dtype,
                 attributes=state,
                 compressors=compressors,
+                config=WRITE_EVERY_CHUNK,
                 **_dimension_names(zarr_format),
             )
         else:
-            attrs = {"spacing": list(spacing), "origin": [float(v) for v in origin], **state}
+            attrs = {**geometry, **state}
             self.array = zarr.create_array(
                 self.path,
                 shape=self.shape,
@@ -198,8 +341,8 @@ class ZarrSlabWriter:
                 dtype=dtype,
                 zarr_format=zarr_format,
                 attributes=attrs,
-                overwrite=True,
                 compressors=compressors,
+                config=WRITE_EVERY_CHUNK,
                 **_dimension_names(zarr_format),
             )
 
@@ -214,7 +357,7 @@ class ZarrSlabWriter:
 
     def close(self) -> None:
         """Mark the array complete."""
-        self.array.attrs["meunet"] = {"complete": True}
+        self.array.attrs["meunet"] = {"complete": True, "every_chunk": True}
 
     def __enter__(self) -> ZarrSlabWriter:
         return self
@@ -252,7 +395,10 @@ def write(
 
     from meunet.data.volume import slab_depth
 
-    with ZarrSlabWriter(path, data.shape, data.dtype, spacing, origin, **kwargs) as writer:
+    inputs = [data] if isinstance(data, Volume) else []
+    with ZarrSlabWriter(
+        path, data.shape, data.dtype, spacing, origin, inputs=inputs, **kwargs
+    ) as writer:
         chunk_z = writer.array.chunks[0]
         depth = max(chunk_z, slab_depth(data.shape, data.dtype) // chunk_z * chunk_z)
         name = Path(str(path)).name
