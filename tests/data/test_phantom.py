@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import subprocess
 import sys
@@ -209,6 +210,108 @@ def test_split_sizes(n: int, sizes: tuple[int, int, int]) -> None:
     assert [name for part in split.values() for name in part] == names
 
 
+# ------------------------------------------------------------ context phantom
+
+CONTEXT = PhantomConfig(context_distance=22.0)
+# sha256 of the label volume of SMALL, seed 0, case 0, before the context phantom existed.
+CLASSIC_LABEL_SHA256 = "eeca4d80b30940f9"
+
+
+def _marker_mask(centres: np.ndarray, shape: tuple[int, ...], radius: float) -> np.ndarray:
+    """Voxels within ``radius`` of a marker centre, from the marker list alone."""
+    seeds = np.zeros(shape, bool)
+    seeds[tuple(centres.astype(int).T)] = True
+    return ndimage.distance_transform_edt(~seeds) <= radius
+
+
+def test_classic_phantom_unchanged() -> None:
+    assert PhantomConfig(context_distance=0.0) == PhantomConfig()
+    label = render_case(SMALL, 0, 0)[1]
+    assert hashlib.sha256(label.tobytes()).hexdigest()[:16] == CLASSIC_LABEL_SHA256
+    assert len(phantom_geometry(SMALL, 0, 0).markers) == 0
+
+
+def test_context_rule_holds_in_written_labels(tmp_path: Path) -> None:
+    d = CONTEXT.context_distance
+    path = make_phantom_dataset(
+        tmp_path / "ctx", cases=2, shape=CONTEXT.shape, seed=3, progress=False, context_distance=d
+    )
+    spec = yaml.safe_load(path.read_text())
+    assert "context_distance 22" in spec["description"]
+    for i, entry in enumerate(spec["cases"].values()):
+        label = open_volume(path.parent / entry["label"]).read()
+        g, ids = phantom_geometry(CONTEXT, 3, i), tube_map(CONTEXT, 3, i)
+        # The rule, recomputed with a distance transform from the marker centres.
+        marker_dist = ndimage.distance_transform_edt(~_marker_mask(g.markers, label.shape, 0))
+        thin = np.isin(ids, g.context_ids)
+        expected = np.where(ids == 1, 1, np.where(thin & (marker_dist <= d), 2, 0))
+        np.testing.assert_array_equal(label, expected)
+        assert (label == 2).any() and (thin & (label == 0)).any()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_context_classes_balanced(seed: int) -> None:
+    _, label = render_case(CONTEXT, seed, 0)
+    g, ids = phantom_geometry(CONTEXT, seed, 0), tube_map(CONTEXT, seed, 0)
+    thin = np.isin(ids, g.context_ids)
+    n_cued, n_uncued = int((label == 2).sum()), int((thin & (label == 0)).sum())
+    assert 0.3 < n_cued / (n_cued + n_uncued) < 0.7
+    assert n_cued > 0.001 * label.size
+    assert (label == 1).sum() > 0
+    # Every thin tube, hind-gut included, has one radius: only the markers tell them apart.
+    radii = {t.radius for t in g.tubes if t.tube_id in g.context_ids}
+    assert radii == {CONTEXT.radii[1]} and len(g.context_ids) >= 3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_markers_are_clear_distant_cues(seed: int) -> None:
+    image, label = render_case(CONTEXT, seed, 0)
+    g, ids = phantom_geometry(CONTEXT, seed, 0), tube_map(CONTEXT, seed, 0)
+    d, rm = CONTEXT.context_distance, CONTEXT.marker_r
+    assert len(g.markers) >= 2
+    assert np.array_equal(g.markers, np.rint(g.markers))  # whole voxels
+    markers = _marker_mask(g.markers, label.shape, rm)
+    # Not touching any tube, rims included; background in the labels.
+    assert not (ndimage.binary_dilation(markers, iterations=2) & (ids > 0)).any()
+    assert not label[markers].any()
+    # Brighter than anything else: inside, the marker level plus noise.
+    inside = image[markers].astype(float)
+    assert abs(inside.mean() - CONTEXT.marker_level) < 0.2 * CONTEXT.noise_sd
+    assert inside.mean() - image[ids > 0].mean() > 5 * CONTEXT.noise_sd
+    # Seen from a distance: each marker lies between about D/2 and D from the thin tubes.
+    thin_dist = ndimage.distance_transform_edt(~np.isin(ids, g.context_ids))
+    for c in g.markers.astype(int):
+        assert d / 2 - CONTEXT.radii[1] - 1 <= thin_dist[tuple(c)] <= d
+
+
+def test_context_render_does_not_depend_on_slab_depth(tmp_path: Path) -> None:
+    cfg = PhantomConfig(shape=(64, 48, 48), context_distance=11.0)
+    image, label = render_case(cfg, 1, 2)
+    assert (label == 2).any()
+    bounds = [(z, min(z + 7, cfg.shape[0])) for z in range(0, cfg.shape[0], 7)]
+    parts = [render_case(cfg, 1, 2, z0, z1) for z0, z1 in bounds]
+    np.testing.assert_array_equal(image, np.concatenate([p[0] for p in parts]))
+    np.testing.assert_array_equal(label, np.concatenate([p[1] for p in parts]))
+    write_case(cfg, 1, 2, tmp_path / "image.zarr", tmp_path / "label.zarr", slab=5)
+    np.testing.assert_array_equal(open_volume(tmp_path / "image.zarr").read(), image)
+    np.testing.assert_array_equal(open_volume(tmp_path / "label.zarr").read(), label)
+
+
+def test_phantom_command_context(tmp_path: Path) -> None:
+    from meunet.cli.main import main
+
+    out = tmp_path / "ctx"
+    argv = ["phantom", "--out", str(out), "--cases", "1", "--shape", "64", "48", "48"]
+    assert main([*argv, "--context", "11", "--quiet"]) == 0
+    spec = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert "context_distance 11" in spec["description"]
+    cfg = PhantomConfig(shape=(64, 48, 48), context_distance=11.0)
+    label = open_volume(out / "case_000" / "label.zarr").read()
+    np.testing.assert_array_equal(label, render_case(cfg, 0, 0)[1])
+    with pytest.raises(SystemExit):
+        main([*argv, "--context", "-1"])
+
+
 # ----------------------------------------------------------------- bad inputs
 
 
@@ -228,6 +331,12 @@ def test_bad_dataset_arguments(tmp_path: Path, kwargs: dict, message: str) -> No
     with pytest.raises(ValueError, match=message):
         make_phantom_dataset(tmp_path, progress=False, **kwargs)
     assert not (tmp_path / "dataset.yaml").exists()
+
+
+@pytest.mark.parametrize(("distance", "message"), [(-1.0, ">= 0"), (4.0, "at least 7.5")])
+def test_bad_context_distance(distance: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PhantomConfig(context_distance=distance)
 
 
 def test_bad_slab_range() -> None:

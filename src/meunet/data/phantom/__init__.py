@@ -16,6 +16,17 @@ whether it is mid-gut, hind-gut or distractor: only the wider context does
 difficulty the paper's cascade is built for. Partial-volume blending is done
 in a one-voxel rim *outside* the tubes, never inside.
 
+The context phantom (``PhantomConfig(context_distance=D)``, ``meunet phantom
+--context D``) puts the cue at a set distance instead. Every thin tube (the
+hind-gut and more thin distractors than in the classic phantom) has the same
+radius, and a few small bright spheres ("markers", brighter than anything
+else, clear of every tube) sit between D/2 and D from thin tubes, placed so
+that about half the thin-tube length lies within D of one. The label rule is
+voxel-wise: a voxel of a thin tube is 2 iff the Euclidean distance from it to
+the nearest marker centre (a whole voxel) is <= D, else 0; the mid-gut is 1,
+the thick distractor and the markers 0. ``context_distance=0`` (the default)
+renders the classic phantom byte for byte.
+
 Rendering streams along z: tubes are polylines whose segments are drawn only
 into the slab they cross, textures are analytic functions of (z, y, x) and the
 noise of slice z comes from its own seed, so a slab renders bit-identically

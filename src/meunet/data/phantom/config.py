@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meunet.errors import SettingError
+
 CLASSES = ("background", "mid-gut", "hind-gut")
 MIN_SIZE = 32  # voxels per axis; below this the tubes no longer fit in the body
 _REFERENCE_SIZE = 96.0  # geometry defaults are in voxels at min(y, x) = 96
@@ -33,19 +35,35 @@ class PhantomConfig:
     texture_waves: int = 3  # low-frequency 3D sinusoids per texture
     body_period: tuple[float, float] = (16.0, 48.0)  # range of the body texture's periods; scaled
     tube_period: tuple[float, float] = (6.0, 16.0)  # range of the tube texture's periods; scaled
+    # Context mode (> 0): a thin-tube voxel is hind-gut iff a marker centre lies within this
+    # many voxels (not scaled); 0 gives the classic phantom, byte for byte.
+    context_distance: float = 0.0
+    marker_radius: float = 2.0  # context mode's bright spherical markers; scaled
+    marker_level: float = 42000.0  # markers' grey value, brighter than anything else
 
     def __post_init__(self) -> None:
         shape = tuple(int(n) for n in self.shape)
         if len(shape) != 3 or min(shape) < MIN_SIZE:
-            raise ValueError(
+            raise SettingError(
                 f"phantom shape {tuple(self.shape)}: need three axes (z, y, x) of at least "
                 f"{MIN_SIZE} voxels each, e.g. (128, 96, 96)"
             )
         object.__setattr__(self, "shape", shape)
         if not 0 < self.hindgut_ratio < 1 or not 0 < self.midgut_share < 0.5:
-            raise ValueError("hindgut_ratio must lie in (0, 1) and midgut_share in (0, 0.5)")
+            raise SettingError("hindgut_ratio must lie in (0, 1) and midgut_share in (0, 0.5)")
         if not 0 < self.hindgut_share[0] <= self.hindgut_share[1] < 0.5:
-            raise ValueError(f"hindgut_share {self.hindgut_share}: need 0 < low <= high < 0.5")
+            raise SettingError(f"hindgut_share {self.hindgut_share}: need 0 < low <= high < 0.5")
+        if not self.context_distance >= 0:
+            raise SettingError(
+                f"context_distance {self.context_distance}: need a distance >= 0 in voxels "
+                "(0: the classic phantom)"
+            )
+        if 0 < self.context_distance < self.min_context_distance:
+            raise SettingError(
+                f"context_distance {self.context_distance}: markers cannot sit clear of the thin "
+                f"tubes that close at shape {shape}; use at least {self.min_context_distance:.1f} "
+                "voxels (or 0 for the classic phantom)"
+            )
 
     @property
     def scale(self) -> float:
@@ -57,3 +75,20 @@ class PhantomConfig:
         """Mid-gut and hind-gut radii in voxels at this shape."""
         r1 = max(3.0, self.midgut_radius * self.scale)
         return r1, max(1.0, r1 * self.hindgut_ratio)
+
+    @property
+    def tube_gap(self) -> float:
+        """Clearance between distinct tubes (and markers) beyond their radii, in voxels."""
+        return max(2.0, self.gap * self.scale)
+
+    @property
+    def marker_r(self) -> float:
+        """Radius of the context markers in voxels at this shape."""
+        return max(1.5, self.marker_radius * self.scale)
+
+    @property
+    def min_context_distance(self) -> float:
+        """Shortest D at which a marker fits clear of a thin tube (radius, half a centreline
+        step, marker radius and gap) yet within D of it."""
+        r2 = self.radii[1]
+        return r2 + max(1.0, 0.5 * r2) / 2 + self.marker_r + self.tube_gap

@@ -9,9 +9,11 @@ import numpy as np
 import yaml
 
 from meunet.data.io import ZarrSlabWriter, detect_format, write_volume
+from meunet.data.io.ownership import OutputLock, make_folder
 from meunet.data.phantom.config import CLASSES, PhantomConfig
 from meunet.data.phantom.geometry import check_seed
 from meunet.data.phantom.render import render_case
+from meunet.errors import SettingError
 
 MAX_IN_MEMORY_BYTES = 512 << 20  # image + label a non-Zarr output may hold in memory
 
@@ -53,7 +55,7 @@ def write_case(
     if not all(zarr_out):
         need = nz * ny * nx * 3
         if need > MAX_IN_MEMORY_BYTES:
-            raise ValueError(
+            raise SettingError(
                 f"phantom case of shape {cfg.shape} needs {need / 2**20:.0f} MiB in memory to write "
                 f"{image_path} and {label_path}; write .zarr outputs instead, which are streamed "
                 f"(limit {MAX_IN_MEMORY_BYTES >> 20} MiB)"
@@ -101,6 +103,7 @@ def make_phantom_dataset(
     seed: int = 0,
     fmt: str = "zarr",
     progress: bool = True,
+    context_distance: float = 0.0,
 ) -> Path:
     """Write a phantom dataset and its ``dataset.yaml``.
 
@@ -115,6 +118,9 @@ def make_phantom_dataset(
         seed: Dataset seed; case i is drawn from ``(seed, i)``.
         fmt: ``zarr`` (streamed, any size), ``nifti``, ``nrrd``, ``hdf5``, ``numpy`` or ``tiff``.
         progress: Show a progress bar over cases.
+        context_distance: 0 for the classic phantom; D > 0 for the context
+            phantom, where a thin tube's voxel is hind-gut iff a bright marker's
+            centre lies within D voxels (see :class:`PhantomConfig`).
 
     Returns:
         Path of the written ``dataset.yaml``.
@@ -126,34 +132,48 @@ def make_phantom_dataset(
     from tqdm.auto import tqdm
 
     if int(cases) < 1:
-        raise ValueError(f"cases must be at least 1, got {cases}")
+        raise SettingError(f"cases must be at least 1, got {cases}")
     if fmt.lower().lstrip(".") not in _SUFFIX:
-        raise ValueError(f"unknown phantom format {fmt!r}; choose one of {sorted(set(_SUFFIX))}")
+        raise SettingError(f"unknown phantom format {fmt!r}; choose one of {sorted(set(_SUFFIX))}")
     check_seed(seed, 0)
-    cfg = PhantomConfig(shape=tuple(shape))  # type: ignore[arg-type]
+    cfg = PhantomConfig(shape=tuple(shape), context_distance=float(context_distance))  # type: ignore[arg-type]
     suffix = _SUFFIX[fmt.lower().lstrip(".")]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [f"case_{i:03d}" for i in range(int(cases))]
-    entries: dict[str, Any] = {}
-    for i, name in enumerate(tqdm(names, desc="phantom", unit="case", disable=not progress)):
-        image, label = f"{name}/image{suffix}", f"{name}/label{suffix}"
-        write_case(cfg, seed, i, out / image, out / label)
-        entries[name] = {"image": [image], "label": label}
-    spec = {
-        "name": "phantom",
-        "description": (
-            f"synthetic microCT-like phantom (meunet.data.phantom), seed {seed}, "
-            f"shape {cfg.shape[0]}x{cfg.shape[1]}x{cfg.shape[2]} (z, y, x)"
-        ),
-        "classes": list(CLASSES),
-        "channels": ["ct"],
-        "cases": entries,
-        "split": _split(names),
-    }
-    path = out / "dataset.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=None))
+    # a new or empty folder, or one meunet made (a phantom is rewritten in place); locked
+    with OutputLock(out, "phantom"):
+        make_folder(out, "phantom")
+        names = [f"case_{i:03d}" for i in range(int(cases))]
+        entries: dict[str, Any] = {}
+        for i, name in enumerate(tqdm(names, desc="phantom", unit="case", disable=not progress)):
+            image, label = f"{name}/image{suffix}", f"{name}/label{suffix}"
+            write_case(cfg, seed, i, out / image, out / label)
+            entries[name] = {"image": [image], "label": label}
+        spec = {
+            "name": "phantom",
+            "description": (
+                f"synthetic microCT-like phantom (meunet.data.phantom), seed {seed}, "
+                f"shape {cfg.shape[0]}x{cfg.shape[1]}x{cfg.shape[2]} (z, y, x)"
+                + _context_note(cfg.context_distance)
+            ),
+            "classes": list(CLASSES),
+            "channels": ["ct"],
+            "cases": entries,
+            "split": _split(names),
+        }
+        path = out / "dataset.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=None))
     return path
+
+
+def _context_note(distance: float) -> str:
+    if distance <= 0:
+        return ""
+    return (
+        f"; context phantom, context_distance {distance:g} voxels: a thin-tube voxel is "
+        f"hind-gut (2) iff the nearest bright marker's centre lies within {distance:g} voxels, "
+        "else background (0); markers are background; mid-gut (1) and the thick look-alike (0) "
+        "as in the classic phantom"
+    )
 
 
 def _split(names: list[str]) -> dict[str, list[str]]:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from meunet.data.phantom.config import PhantomConfig
+from meunet.errors import SettingError
 
 _WOBBLE = 0.05  # relative amplitude of the body's low-frequency boundary wobble
 _TRIES = 24  # direction proposals per centreline step before a walk is stuck
 _BACKTRACKS = 40  # times a stuck walk may undo steps before it stops (or overlaps)
+_CONTEXT_EXTRA_THIN = 2  # thin distractors added in context mode, so both classes are ample
+_CONTEXT_COVER = (0.45, 0.55)  # share of thin centreline the markers aim to bring within reach
+_MARKER_TRIES = 20000  # marker candidates drawn per case (a vectorised draw)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,11 +44,15 @@ class PhantomGeometry:
     axes: np.ndarray  # (3,) body semi-axes
     tubes: tuple[Tube, ...]
     waves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> (k, phase, amplitude)
+    # Context mode only: marker centres, (m, 3) whole voxel coordinates (z, y, x), and the
+    # ids of the thin tubes whose voxels the marker rule labels.
+    markers: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))
+    context_ids: tuple[int, ...] = ()
 
 
 def check_seed(seed: int, case: int) -> None:
     if int(seed) < 0 or int(case) < 0:
-        raise ValueError(
+        raise SettingError(
             f"seed and case must be non-negative integers, got seed={seed}, case={case}"
         )
 
@@ -74,7 +82,7 @@ class _Walker:
         self, cfg: PhantomConfig, rng: np.random.Generator, centre: np.ndarray, axes: np.ndarray
     ) -> None:
         self.rng, self.centre, self.axes = rng, centre, axes
-        self.gap = max(2.0, cfg.gap * cfg.scale)
+        self.gap = cfg.tube_gap
         self.persistence = cfg.persistence * cfg.radii[0]
 
     def rho(self, p: np.ndarray) -> float:
@@ -224,12 +232,17 @@ def make_geometry(cfg: PhantomConfig, seed: int, case: int) -> PhantomGeometry:
             break
     assert best is not None
     tubes = [best[1], best[2]]
+    context = cfg.context_distance > 0
     n_thin = int(rng.integers(cfg.thin_distractors[0], cfg.thin_distractors[1] + 1))
-    specs = [(r2, 0.4, 0.8, length2)] * n_thin
+    n_thin += _CONTEXT_EXTRA_THIN if context else 0
+    specs = [(r2, 0.4, 0.8, length2, True)] * n_thin
     if rng.uniform() < cfg.thick_distractor_p:
-        specs.append((r1, 0.15, 0.3, length1))
-    for base_r, lo, hi, base_len in specs:
+        specs.append((r1, 0.15, 0.3, length1, False))
+    context_ids = [2]
+    for base_r, lo, hi, base_len, thin in specs:
         radius = base_r * rng.uniform(0.85, 1.15)
+        if context and thin:
+            radius = base_r  # every thin tube alike: only the markers tell them apart
         want = rng.uniform(lo, hi) * base_len
         found = None
         for _ in range(20):
@@ -243,6 +256,62 @@ def make_geometry(cfg: PhantomConfig, seed: int, case: int) -> PhantomGeometry:
                 break
         if found is not None:
             tubes.append(Tube(found, radius, len(tubes) + 1, _step(radius)))
+            if thin:
+                context_ids.append(len(tubes))
     for t in tubes:
         t.points.setflags(write=False)
-    return PhantomGeometry(centre, axes, tuple(tubes), waves)
+    if not context:
+        return PhantomGeometry(centre, axes, tuple(tubes), waves)
+    thin_tubes = [t for t in tubes if t.tube_id in context_ids]
+    markers = _place_markers(cfg, rng, walker, tubes, thin_tubes)
+    markers.setflags(write=False)
+    return PhantomGeometry(centre, axes, tuple(tubes), waves, markers, tuple(context_ids))
+
+
+def _place_markers(
+    cfg: PhantomConfig,
+    rng: np.random.Generator,
+    walker: _Walker,
+    tubes: list[Tube],
+    thin: list[Tube],
+) -> np.ndarray:
+    """Marker centres (whole voxels) that bring about half of the thin tubes within reach.
+
+    Candidates are drawn uniformly in the body and kept when the nearest thin
+    centreline lies between D/2 and D (the cue is seen from a distance, never
+    touching) and every tube and marker is clear by the tube gap. They are
+    taken in turn while each brings new thin centreline within D and the share
+    within D stays under the upper bound, until it reaches the lower one.
+    """
+    reach, rm = float(cfg.context_distance), cfg.marker_r
+    thin_pts = np.concatenate([t.points for t in thin])
+    thin_tree = cKDTree(thin_pts)
+    all_pts = np.concatenate([t.points for t in tubes])
+    req = np.concatenate([np.full(len(t.points), t.radius + t.step / 2) for t in tubes])
+    req += rm + walker.gap
+    all_tree = cKDTree(all_pts)
+    limit = walker.limit(rm)
+    u = rng.standard_normal((_MARKER_TRIES, 3))
+    u *= (rng.uniform(size=_MARKER_TRIES) ** (1 / 3) / np.linalg.norm(u, axis=1))[:, None]
+    cand = np.rint(walker.centre + limit * u * walker.axes)
+    rho = np.linalg.norm((cand - walker.centre) / walker.axes, axis=1)
+    to_thin = thin_tree.query(cand)[0]
+    cand = cand[(rho <= limit) & (to_thin >= reach / 2) & (to_thin <= reach)]
+    covered = np.zeros(len(thin_pts), bool)
+    lo, hi = (round(f * len(thin_pts)) for f in _CONTEXT_COVER)
+    markers: list[np.ndarray] = []
+    for c in cand:
+        if covered.sum() >= lo:
+            break
+        near = np.asarray(all_tree.query_ball_point(c, float(req.max())), dtype=int)
+        if len(near) and np.any(np.linalg.norm(all_pts[near] - c, axis=1) <= req[near]):
+            continue
+        if markers and np.linalg.norm(np.asarray(markers) - c, axis=1).min() < 2 * rm + walker.gap:
+            continue
+        within = np.asarray(thin_tree.query_ball_point(c, reach), dtype=int)
+        gain = np.count_nonzero(~covered[within])
+        if gain == 0 or covered.sum() + gain > hi:
+            continue
+        covered[within] = True
+        markers.append(c)
+    return np.asarray(markers, float).reshape(-1, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from meunet.data.phantom.config import PhantomConfig
 from meunet.data.phantom.geometry import PhantomGeometry, Tube, check_seed, make_geometry
@@ -42,7 +43,8 @@ def tube_map(
     """Which tube covers each voxel of slab ``z0:z1`` (uint8).
 
     0 outside every tube, 1 mid-gut, 2 hind-gut, 3 and up distractors: the
-    label volume before distractors are erased to background.
+    label volume before distractors are erased to background. Context markers
+    are not tubes (0); which tubes are thin is ``phantom_geometry(...).context_ids``.
     """
     return _render(cfg, seed, case, z0, z1)[2]
 
@@ -71,6 +73,8 @@ class _Scene:
             hi = np.ceil(np.maximum(a, b) + t.radius + 1).astype(int)
             lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(cfg.shape) - 1)
             self.segments.append((t, a, b, lo, hi))
+        self.marker_tree = cKDTree(g.markers) if len(g.markers) else None
+        self.context_ids = np.asarray(g.context_ids, np.uint8)
 
     def texture(self, name: str, zs: np.ndarray) -> np.ndarray:
         k, phase, amp = self.geometry.waves[name]
@@ -113,6 +117,8 @@ class _Scene:
         rim = np.clip(1 - sdf, 0, 1)
         value = np.where(inside, tube, body + rim * (tube - body))
         del body, tube, rim, sdf
+        if self.marker_tree is not None:
+            self.add_markers(value, z0, z1)
         noise = np.empty(value.shape, np.float32)
         for i, z in enumerate(range(z0, z1)):
             seq = np.random.SeedSequence([self.seed, self.case, z], spawn_key=(_NOISE_STREAM,))
@@ -121,8 +127,40 @@ class _Scene:
         del noise
         image = np.rint(np.clip(value, 0, 65535)).astype(np.uint16)
         tube_ids = np.where(inside, ids, 0).astype(np.uint8)
-        label = np.where(tube_ids <= 2, tube_ids, 0).astype(np.uint8)
+        if self.context_ids.size:
+            label = self.context_label(tube_ids, z0)
+        else:
+            label = np.where(tube_ids <= 2, tube_ids, 0).astype(np.uint8)
         return image, label, tube_ids
+
+    def add_markers(self, value: np.ndarray, z0: int, z1: int) -> None:
+        """Paint the markers over ``value``: flat ``marker_level`` inside, blended in a rim."""
+        r, level = self.cfg.marker_r, np.float32(self.cfg.marker_level)
+        for c in self.geometry.markers:
+            lo = np.maximum(np.floor(c - r - 1).astype(int), (z0, 0, 0))
+            hi = np.minimum(np.ceil(c + r + 1).astype(int) + 1, (z1, *value.shape[1:]))
+            if np.any(lo >= hi):
+                continue
+            zz, yy, xx = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            dist = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) - r
+            weight = np.clip(1 - dist, 0, 1).astype(np.float32)  # 1 inside, a rim outside
+            box = value[lo[0] - z0 : hi[0] - z0, lo[1] : hi[1], lo[2] : hi[2]]
+            box += weight * (level - box)
+
+    def context_label(self, tube_ids: np.ndarray, z0: int) -> np.ndarray:
+        """Context mode's labels: the mid-gut is 1; a voxel of a thin tube is 2 iff the
+        Euclidean distance from the voxel to the nearest marker centre is <= D; all else 0."""
+        label = (tube_ids == 1).astype(np.uint8)
+        thin = np.isin(tube_ids, self.context_ids)
+        if self.marker_tree is None or not thin.any():
+            return label
+        idx = np.argwhere(thin)
+        idx[:, 0] += z0
+        _, nearest = self.marker_tree.query(idx)
+        # Exact arithmetic: centres and voxels are whole numbers, as in a distance transform.
+        dist = np.sqrt(np.sum(np.square(idx - self.geometry.markers[nearest]), axis=1))
+        label[thin] = np.where(dist <= self.cfg.context_distance, 2, 0)
+        return label
 
 
 def _stamp(
