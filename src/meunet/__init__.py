@@ -21,6 +21,7 @@ _WHERE = {
     "load_spec": "meunet.data.spec",
     "check_dataset": "meunet.data.check",
     "convert": "meunet.data.convert",
+    "resample_volume": "meunet.data.resample",
     "ZarrSlabWriter": "meunet.data.io",
     "open_volume": "meunet.data.io",
     "write_volume": "meunet.data.io",

@@ -16,6 +16,10 @@ class VolumeError(MeunetError):
     """A volume file is missing, unreadable, corrupt or of an unsupported kind."""
 
 
+class FormatError(VolumeError):
+    """A file or folder of a kind meunet does not read (or, for an output, write)."""
+
+
 class SpecError(MeunetError):
     """A dataset specification (``dataset.yaml``) is invalid."""
 

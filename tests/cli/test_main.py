@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from meunet.cli.main import main
 from meunet.data.io import open_volume, write_volume
@@ -136,3 +138,38 @@ def test_phantom_bad_shape_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["phantom", "--out", str(tmp_path), "--shape", "16", "96", "96", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "at least 32 voxels" in err and "Traceback" not in err
+
+
+def test_info_says_when_the_file_stores_no_spacing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "plain.npy", np.zeros((2, 3, 4), np.uint8))
+    assert main(["info", str(tmp_path / "plain.npy")]) == 0
+    assert "spacing: unknown (1, 1, 1 assumed; the file stores no voxel size)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_check_warns_of_unknown_spacing_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).normal(size=(3, 8, 9)))
+    (tmp_path / "lab").mkdir()
+    for z in range(3):
+        Image.fromarray(np.eye(8, 9, dtype=np.uint8)).save(tmp_path / "lab" / f"{z}.png")
+    (tmp_path / "d.yaml").write_text(
+        "classes: [bg, fg]\ncases:\n  a: {image: img.npy, label: lab}\nsplit: {train: [a]}\n"
+    )
+    assert main(["check", str(tmp_path / "d.yaml"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "OK: no problems found" in captured.out
+    assert "warning:" in captured.err and "store no voxel size" in captured.err
+    assert "set 'spacing: [z, y, x]' in d.yaml" in captured.err
+
+
+def test_check_brats4_from_another_directory(
+    brats4_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", os.path.relpath(repo / "examples" / "brats4.yaml"), "--quiet"]) == 0

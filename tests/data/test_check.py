@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from meunet.data.check import check_dataset
 from meunet.data.io import write_volume
@@ -115,6 +117,12 @@ def _lose_chunk(root: Path, raw: dict) -> None:
     (root / "c1" / "t2.zarr" / "c" / "0" / "0" / "0").unlink()  # one 12x16x20 chunk
 
 
+def _jpeg_folder(root: Path, raw: dict) -> None:
+    (root / "c1" / "seg_slices").mkdir()
+    (root / "c1" / "seg_slices" / "z0.jpg").write_bytes(b"")
+    raw["cases"]["c1"]["label"] = "c1/seg_slices"
+
+
 LABEL = np.zeros(SHAPE, np.uint8)
 BAD_CASES = {
     "missing file": (_edit(lambda raw: raw["cases"]["c1"].update(label="c1/nope.nii.gz")), "c1", "nope.nii.gz", "file not found", "correct its path"),
@@ -128,6 +136,7 @@ BAD_CASES = {
     "constant image": (_replace("c0", "t1.nii.gz", np.zeros(SHAPE, np.float32)), "c0", "t1.nii.gz", r"image is constant \(every voxel is 0\)", "re-export"),
     "missing chunk": (_lose_chunk, "c1", "t2.zarr", r"chunk .*t2.zarr/c/0/0/0 \(voxels \[0:12, 0:16, 0:20\]\) is missing", "re-export"),
     "truncated gzip": (lambda root, raw: _truncate_gz(root / "c1" / "t1.nii.gz"), "c1", "t1.nii.gz", "cannot read this nifti file", "re-export"),
+    "unreadable format": (_jpeg_folder, "c1", "seg_slices", r"holds no .tif/.tiff or .png slices", "convert it to a format meunet reads"),
 }  # fmt: skip
 
 
@@ -298,6 +307,43 @@ def test_spacing_override_resolves_mismatch(dataset: tuple[Path, dict]) -> None:
     assert report.cases[0].spacing == (2.95, 2.95, 2.95)
 
 
+def _png_slices(folder: Path, data: np.ndarray) -> None:
+    folder.mkdir()
+    for z, page in enumerate(data):
+        Image.fromarray(page).save(folder / f"z{z}.png")
+
+
+def test_png_label_folder_is_checked_and_its_unknown_spacing_warned(
+    dataset: tuple[Path, dict],
+) -> None:
+    root, raw = dataset
+    _png_slices(root / "c0" / "seg_png", _make_label())
+    raw["cases"]["c0"]["label"] = "c0/seg_png"
+    report = check_dataset(load_spec(_write_spec(root, raw)), progress=False)
+    assert report.ok, report.problems  # an assumed 1, 1, 1 is no spacing mismatch
+    assert report.cases[0].class_counts == report.cases[1].class_counts
+    (warning,) = report.warnings
+    assert "case c0:" in str(warning) and "seg_png store no voxel size" in str(warning)
+    assert "fix: set 'spacing: [z, y, x]' in dataset.yaml" in str(warning)
+
+
+def test_unknown_spacing_is_shown_and_warned_once_until_the_spec_sets_it(tmp_path: Path) -> None:
+    raw = _make_dataset(tmp_path)
+    for cid, case in raw["cases"].items():
+        np.save(tmp_path / cid / "t.npy", np.random.default_rng(0).normal(size=SHAPE))
+        _png_slices(tmp_path / cid / "seg", _make_label())
+        case.update(image=[f"{cid}/t.npy", f"{cid}/t.npy"], label=f"{cid}/seg")
+    report = check_dataset(load_spec(_write_spec(tmp_path, raw)), progress=False)
+    assert report.ok, report.problems
+    (warning,) = report.warnings
+    assert "c0/t.npy and 8 other file(s) store no voxel size" in str(warning)
+    assert "unknown (1, 1, 1)" in report.table()
+    raw["spacing"] = [50, 4.6, 4.6]
+    report = check_dataset(load_spec(_write_spec(tmp_path, raw)), progress=False)
+    assert report.ok and not report.warnings
+    assert "50, 4.6, 4.6" in report.table() and "unknown" not in report.table()
+
+
 def _make_label() -> np.ndarray:
     label = np.zeros(SHAPE, np.uint8)
     label[2:6, 3:9, 4:10] = 2
@@ -321,3 +367,31 @@ def test_brats4_example_spec_passes(brats4_dir: Path) -> None:
     assert report.ok, report.problems
     assert {s.id: s.class_counts for s in report.cases} == BRATS_COUNTS
     assert all(s.shape == (155, 240, 240) and s.spacing == (1.0, 1.0, 1.0) for s in report.cases)
+
+
+def test_relative_paths_in_a_spec_follow_the_spec_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _make_dataset(tmp_path / "data")
+    raw["root"] = "../data"  # relative to specs/, where the file is
+    (tmp_path / "specs").mkdir()
+    spec_path = _write_spec(tmp_path / "specs", raw)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec = load_spec(Path("..") / "specs" / "dataset.yaml")
+    assert spec.root == (tmp_path / "data").resolve()
+    assert spec.cases["c0"].label == (tmp_path / "data" / "c0" / "seg.nrrd").resolve()
+    assert check_dataset(spec, progress=False).ok
+    # a root given as an argument (meunet check --root) is taken from the working directory
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec_path, root="data").root == (tmp_path / "data").resolve()
+
+
+def test_brats4_example_spec_works_from_any_directory(
+    brats4_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(os.path.relpath(repo / "examples" / "brats4.yaml"))
+    assert spec.root == brats4_dir.resolve()
+    assert all(p.is_file() for c in spec.cases.values() for p in (*c.images, c.label))

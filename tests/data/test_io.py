@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -164,7 +165,7 @@ def test_imagej_tiff_spacing(tmp_path: Path) -> None:
         metadata={"spacing": 1.2, "unit": "um", "axes": "ZYX"},
     )
     vol = open_volume(tmp_path / "ij.tif")
-    assert vol.spacing == pytest.approx((1.2, 0.4, 0.4))
+    assert vol.spacing == pytest.approx((1.2, 0.4, 0.4)) and vol.spacing_known
     np.testing.assert_array_equal(vol[...], data)
 
 
@@ -419,3 +420,39 @@ def test_npy_sidecar_is_optional(tmp_path: Path) -> None:
     np.save(tmp_path / "plain.npy", _data("uint8"))
     assert open_volume(tmp_path / "plain.npy").spacing == (1.0, 1.0, 1.0)
     assert open_volume(tmp_path / "plain.npy", spacing=(2, 2, 2)).spacing == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize(("name", "options"), TARGETS, ids=[n for n, _ in TARGETS])
+def test_spacing_written_by_meunet_is_known(tmp_path: Path, name: str, options: dict) -> None:
+    write_volume(tmp_path / name, _data("uint8", (3, 4, 5)), spacing=SPACING, **options)
+    vol = open_volume(tmp_path / name)
+    assert vol.spacing_known and vol.spacing == pytest.approx(SPACING)
+
+
+def _bare_writers() -> dict[str, Callable[[Path, np.ndarray], None]]:
+    """Files as other tools write them, without a voxel size (or without the z one)."""
+    import nrrd
+
+    def h5(p: Path, a: np.ndarray) -> None:
+        with h5py.File(p, "w") as f:
+            f.create_dataset("volume", data=a)
+
+    return {
+        "plain.npy": lambda p, a: np.save(p, a),
+        "plain.tif": lambda p, a: tifffile.imwrite(p, a, photometric="minisblack"),
+        "yx_only.tif": lambda p, a: tifffile.imwrite(
+            p, a, photometric="minisblack", resolution=(2.0, 2.0)
+        ),
+        "plain.h5": h5,
+        "plain.zarr": lambda p, a: zarr.create_array(p, data=a),
+        "plain.nrrd": lambda p, a: nrrd.write(str(p), a),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bare_writers()))
+def test_spacing_a_file_does_not_store_is_unknown(tmp_path: Path, name: str) -> None:
+    _bare_writers()[name](tmp_path / name, _data("uint8", (3, 4, 5)))
+    vol = open_volume(tmp_path / name)
+    assert not vol.spacing_known
+    assert vol.spacing[0] == 1.0
+    assert open_volume(tmp_path / name, spacing=(2, 1, 1)).spacing_known  # dataset.yaml's

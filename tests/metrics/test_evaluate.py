@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,77 @@ def test_truth_values_that_are_not_class_indices(
     write_volume(tmp_path / "p.zarr", np.zeros((10, 10, 10), np.uint8))
     with pytest.raises(MeunetError, match=rf"t\.nii\.gz: {message}"):
         evaluate_case(open_volume(tmp_path / "p.zarr"), open_volume(tmp_path / "t.nii.gz"), 3)
+
+
+def _lines(tmp_path: Path, spacing: tuple[float, float, float]) -> tuple[Path, Path]:
+    """Thin lines whose every voxel is surface, so both directed distance sets are known.
+
+    Truth: 40 voxels at y = 1. Prediction: 40 voxels at y = 2 and 3 more at y = 6.
+    With spacing (1, 2, 1): prediction -> truth is 40 x 2.0 and 3 x 10.0 (43 values),
+    truth -> prediction is 40 x 2.0.
+    """
+    truth = np.zeros((3, 8, 40), np.uint8)
+    truth[1, 1, :] = 1
+    pred = np.zeros_like(truth)
+    pred[1, 2, :] = 1
+    pred[1, 6, :3] = 1
+    write_volume(tmp_path / "t.zarr", truth, spacing=spacing)
+    write_volume(tmp_path / "p.zarr", pred, spacing=spacing)
+    return tmp_path / "p.zarr", tmp_path / "t.zarr"
+
+
+def test_hd95_max_and_pooled_on_a_hand_computed_case(tmp_path: Path) -> None:
+    pred, truth = _lines(tmp_path, (1.0, 2.0, 1.0))
+
+    def hd95(mode: str) -> float:
+        return evaluate_case(open_volume(pred), open_volume(truth), 2, hd95=mode)[1].hd95
+
+    # numpy's 95th percentile of n sorted values sits at index 0.95 (n - 1), linearly interpolated.
+    # max: prediction -> truth, 43 values, index 39.9: 2 + 0.9 * (10 - 2) = 9.2 (truth -> pred: 2)
+    assert hd95("max") == pytest.approx(9.2)
+    # pooled: 83 values (80 x 2.0, 3 x 10.0), index 77.9 lies among the 2.0s
+    assert hd95("pooled") == pytest.approx(2.0)
+    with pytest.raises(MeunetError, match=r"hd95 must be one of \['max', 'pooled'\]"):
+        hd95("mean")
+
+
+def test_the_table_states_the_hd95_definition(tmp_path: Path) -> None:
+    pred, truth = _lines(tmp_path, (1.0, 1.0, 1.0))
+    for mode, words in (("max", "larger of the two directed"), ("pooled", "pooled")):
+        scores = evaluate_case(open_volume(pred), open_volume(truth), 2, hd95=mode)
+        table = summary_table({"c": scores}, ["background", "line"], hd95=mode)[1]
+        assert table.splitlines()[-1].startswith(f"HD95 ({mode}): ") and words in table
+
+
+def test_evaluate_uses_the_spec_spacing_and_the_hd95_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from meunet.cli.main import main
+
+    # the files say (1, 1, 1); the dataset spec says (1, 2, 1), which HD95 must use
+    pred, truth = _lines(tmp_path, (1.0, 1.0, 1.0))
+    (tmp_path / "preds").mkdir()
+    pred.rename(tmp_path / "preds" / "c0.zarr")
+    spec = tmp_path / "dataset.yaml"
+    spec.write_text(
+        "name: lines\nclasses: [background, line]\nspacing: [1.0, 2.0, 1.0]\n"
+        f"cases:\n  c0:\n    image: {truth}\n    label: {truth}\n"
+        "split:\n  train: []\n  val: []\n  test: [c0]\n"
+    )
+    folder = ["evaluate", "--pred", str(tmp_path / "preds"), "--data", str(spec)]
+    assert main([*folder, "--out", str(tmp_path / "scores")]) == 0
+    out = capsys.readouterr().out
+    assert "| c0 | line | " in out and "| 9.200 |" in out  # 4.600 with the files' spacing
+    assert "Spacing (z, y, x) [1.0, 2.0, 1.0] from" in out and "HD95 (max): the larger" in out
+    (row,) = csv.DictReader((tmp_path / "scores.csv").read_text().splitlines())
+    assert float(row["hd95"]) == pytest.approx(9.2)
+    assert "HD95 (max): " in (tmp_path / "scores.md").read_text()
+    assert main([*folder, "--hd95", "pooled"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2.000 |" in out and "HD95 (pooled): " in out
+    # a single prediction with --truth takes the spec's spacing too
+    single = ["evaluate", "--pred", str(tmp_path / "preds" / "c0.zarr"), "--truth", str(truth)]
+    assert main([*single, "--data", str(spec)]) == 0
+    assert "| 9.200 |" in capsys.readouterr().out
+    assert main([*single, "--classes", "2"]) == 0
+    assert "| 4.600 |" in capsys.readouterr().out

@@ -294,6 +294,21 @@ def test_shipped_configs_load(name: str) -> None:
     assert cfg.model == {"meunet-k175": "meunet"}.get(name, name)
 
 
+@pytest.mark.parametrize("name", ["unet", "meunet", "cascade"])
+def test_cpu_configs_load_with_the_demo_sizes(name: str) -> None:
+    from meunet.demo import DEMO_CONFIG
+    from meunet.training.cascade import stage1_configs
+
+    cfg = load_config(CONFIGS / "cpu" / f"{name}.yaml")
+    sizes = ("encoder_channels", "decoder_channels", "patch", "batch", "lr", "patches_per_epoch")
+    assert {k: getattr(cfg, k) for k in sizes} == {k: getattr(DEMO_CONFIG, k) for k in sizes}
+    assert cfg.device == "cpu" and cfg.epochs == DEMO_CONFIG.epochs
+    assert cfg.model == {"cascade": "meunet"}.get(name, name)
+    if name == "cascade":  # the base train-cascade derives both stage-1 meU-nets from
+        windows = [c.window for c in stage1_configs("post", cfg).values()]
+        assert windows == [48, 64]
+
+
 def test_train_command_writes_logs_curves_and_checkpoints(
     phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

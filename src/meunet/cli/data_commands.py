@@ -19,6 +19,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(f"root: {spec.root}")
     print(report.table())
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if report.ok:
         print("OK: no problems found")
         return 0
@@ -44,6 +46,40 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resample(args: argparse.Namespace) -> int:
+    from meunet.data.io import open_volume
+    from meunet.data.resample import resample_volume
+
+    with open_volume(args.input) as vol:
+        dtype, known = vol.dtype, getattr(vol, "spacing_known", True)
+    if not known and args.spacing:
+        print(
+            f"note: {args.input} stores no voxel size: taken as 1, 1, 1 for --spacing; "
+            "meunet convert --spacing Z Y X gives it one first",
+            file=sys.stderr,
+        )
+    if dtype.kind in "biu" and not args.labels:  # a spline would invent label values
+        print(
+            f"note: {args.input} holds integers ({dtype}): resampled as an image (cubic "
+            "B-spline, rounded); pass --labels if it is a label volume",
+            file=sys.stderr,
+        )
+    shape = resample_volume(
+        args.input,
+        args.output,
+        factor=args.factor,
+        spacing=args.spacing,
+        labels=args.labels,
+        chunks=args.chunks,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    with open_volume(args.output) as out:
+        how = "nearest neighbour" if args.labels else "cubic B-spline"
+        print(f"wrote {args.output}: shape {shape} (z, y, x), spacing {out.spacing} ({how})")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from meunet.data.io import open_volume
 
@@ -54,7 +90,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
         print(f"shape:   {vol.shape} (z, y, x)")
         print(f"dtype:   {vol.dtype}")
-        print(f"spacing: {vol.spacing} (z, y, x)")
+        if vol.spacing_known:
+            print(f"spacing: {vol.spacing} (z, y, x)")
+        else:
+            shown = ", ".join(f"{v:g}" for v in vol.spacing)
+            print(f"spacing: unknown ({shown} assumed; the file stores no voxel size) (z, y, x)")
         print(f"origin:  {vol.origin} (z, y, x)")
         frame = vol.space or "none named"
         print(f"direction: {vol.direction} (columns: axes z, y, x; world frame: {frame})")

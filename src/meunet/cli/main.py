@@ -19,6 +19,7 @@ from meunet.cli.data_commands import (
     cmd_convert,
     cmd_info,
     cmd_phantom,
+    cmd_resample,
 )
 from meunet.cli.predict_commands import cmd_demo, cmd_evaluate, cmd_overlay, cmd_predict
 from meunet.cli.train_commands import cmd_memory, cmd_plan, cmd_train, cmd_train_cascade
@@ -175,6 +176,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "resample",
+        help="resample a volume by a factor or to a spacing (streamed, any format)",
+        description="Resample a volume by a factor or to a target spacing: cubic B-spline for "
+        "images, nearest neighbour for labels (--labels). Streamed slab by slab, so any size "
+        "fits in bounded memory; the output keeps the input's dtype, direction and extent, "
+        "with the new spacing.",
+    )
+    p.add_argument("input")
+    p.add_argument("output")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--factor",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="voxel-size multiplier, one number or Z Y X: 2 halves the voxels per axis, "
+        "0.5 doubles them",
+    )
+    how.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="target voxel size, in the input's unit",
+    )
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="a label volume: nearest neighbour, no new values (default: an image, cubic B-spline)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=at_least(1),
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="Zarr chunk shape (default 64^3)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_resample)
 
     def add_training_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -343,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="dataset.yaml: classes, label remapping, and the cases of a folder",
+        help="dataset.yaml: classes, label remapping, the cases of a folder, and its spacing "
+        "(a spec's spacing: overrides the truth files' for HD95)",
     )
     p.add_argument(
         "--split",
@@ -355,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=at_least(2),
         default=0,
         help="number of classes when no --data is given",
+    )
+    p.add_argument(
+        "--hd95",
+        choices=("max", "pooled"),
+        default="max",
+        help="HD95 definition: max, the larger of the two directed 95th percentiles (default, "
+        "MONAI's), or pooled, the 95th percentile of both directed distance sets together",
     )
     p.add_argument("--out", default=None, help="write OUT.csv and OUT.md")
     p.add_argument(

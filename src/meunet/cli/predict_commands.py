@@ -150,11 +150,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sources = [p for pair in pairs for p in pair[1:]] + ([args.data] if args.data else [])
         for suffix in (".csv", ".md"):
             prepare_output(f"{args.out}{suffix}", sources, args.overwrite, folder=False)
+    # a spec's spacing overrides the files' (which may have none, giving voxels)
+    spacing = spec.spacing if spec else None
     results = {
-        cid: evaluate_case(open_volume(p), open_volume(t), len(classes), remap)
+        cid: evaluate_case(
+            open_volume(p), open_volume(t, spacing=spacing), len(classes), remap, hd95=args.hd95
+        )
         for cid, p, t in pairs
     }
-    rows, table = summary_table(results, classes)
+    rows, table = summary_table(results, classes, hd95=args.hd95)
+    if spacing is not None:
+        table += f"\nSpacing (z, y, x) {list(spacing)} from {spec.path}, not the files'."
+    else:
+        table += "\nSpacing: each truth file's own."
     print(table)
     if args.out:
         buffer = io.StringIO(newline="")

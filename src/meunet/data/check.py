@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from meunet.data.io import open_volume
 from meunet.data.spec import Case, DatasetSpec
 from meunet.data.volume import Volume
-from meunet.errors import MeunetError
+from meunet.errors import FormatError, MeunetError
 
 SPACING_RTOL = 1e-3
 T = TypeVar("T")
@@ -53,6 +53,7 @@ class CaseSummary:
     split: str
     shape: tuple[int, int, int] | None = None
     spacing: tuple[float, float, float] | None = None
+    spacing_known: bool = True
     dtypes: list[str] = field(default_factory=list)
     ranges: list[tuple[float, float]] = field(default_factory=list)
     class_counts: list[int] | None = None
@@ -60,11 +61,12 @@ class CaseSummary:
 
 @dataclass
 class CheckReport:
-    """Summaries of all cases and every problem found."""
+    """Summaries of all cases, every problem found, and warnings that do not fail the check."""
 
     spec: DatasetSpec
     cases: list[CaseSummary]
     problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -81,7 +83,7 @@ class CheckReport:
                 s.id,
                 s.split,
                 "x".join(map(str, s.shape)) if s.shape else "?",
-                ", ".join(f"{v:g}" for v in s.spacing) if s.spacing else "?",
+                _spacing_cell(s),
                 "/".join(sorted(set(s.dtypes))) or "?",
             ]
             row += [f"{lo:.4g}..{hi:.4g}" for lo, hi in s.ranges] + ["?"] * (
@@ -101,6 +103,26 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _spacing_cell(s: CaseSummary) -> str:
+    if s.spacing is None:
+        return "?"
+    text = ", ".join(f"{v:g}" for v in s.spacing)
+    return text if s.spacing_known else f"unknown ({text})"
+
+
+def _unknown_spacing(spec: DatasetSpec, files: list[tuple[str, str]]) -> Problem:
+    """One warning for every file that stores no voxel size (case, path pairs)."""
+    case, path = files[0]
+    more = f" and {len(files) - 1} other file(s)" if len(files) > 1 else ""
+    return Problem(
+        None,
+        str(spec.path),
+        f"case {case}: {path}{more} store no voxel size, so spacing 1, 1, 1 is assumed "
+        "(resampling and HD95 in physical units would take it as the real one)",
+        f"set 'spacing: [z, y, x]' in {spec.path.name} to the voxel size of the data",
+    )
+
+
 def _open_all(
     case: Case, spec: DatasetSpec, problems: list[Problem]
 ) -> tuple[list[Volume], Volume | None]:
@@ -114,7 +136,7 @@ def _open_all(
                     case.id,
                     str(path),
                     str(e).removeprefix(f"{path}: "),
-                    "repair or re-export the file, or correct its path in the spec",
+                    _fix(e, "repair or re-export the file, or correct its path in the spec"),
                 )
             )
     label = None
@@ -127,10 +149,17 @@ def _open_all(
                     case.id,
                     str(case.label),
                     str(e).removeprefix(f"{case.label}: "),
-                    "repair or re-export the label file, or correct its path in the spec",
+                    _fix(e, "repair or re-export the label file, or correct its path in the spec"),
                 )
             )
     return images, label
+
+
+def _fix(error: MeunetError, repair: str) -> str:
+    """The fix for a file that does not open: a format meunet does not read is not broken."""
+    if isinstance(error, FormatError):
+        return "convert it to a format meunet reads, or correct its path in the spec"
+    return repair
 
 
 def _same_geometry(
@@ -146,7 +175,11 @@ def _same_geometry(
                 Problem(case.id, v.path, msg, "resample or crop the files of this case to one grid")
             )
             ok = False
-        elif not np.allclose(v.spacing, ref.spacing, rtol=SPACING_RTOL):
+        elif (
+            v.spacing_known  # an assumed 1, 1, 1 is no mismatch: check warns of it instead
+            and ref.spacing_known
+            and not np.allclose(v.spacing, ref.spacing, rtol=SPACING_RTOL)
+        ):
             msg = f"{what} spacing {v.spacing} differs from image spacing {ref.spacing} (of {ref.path})"
             fix = "fix the file headers, or set 'spacing:' in the dataset spec to override them"
             problems.append(Problem(case.id, v.path, msg, fix))
@@ -265,6 +298,7 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
     """Validate every case of ``spec``; return summaries and all problems found."""
     problems: list[Problem] = []
     summaries: list[CaseSummary] = []
+    unknown: list[tuple[str, str]] = []  # (case, file) without a stored voxel size
     for case in spec.cases.values():
         summary = CaseSummary(case.id, spec.split_of(case.id))
         summaries.append(summary)
@@ -273,6 +307,8 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
             continue
         vols = images + ([label] if label is not None else [])
         summary.shape, summary.spacing = images[0].shape, images[0].spacing
+        summary.spacing_known = images[0].spacing_known
+        unknown += [(case.id, v.path) for v in vols if not v.spacing_known]
         summary.dtypes = [str(v.dtype) for v in vols]
         if not _same_geometry(case, images, label, problems):
             continue
@@ -311,4 +347,5 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
                         "add a training case that contains it, fix the label_map, or remove the class",
                     )
                 )
-    return CheckReport(spec, summaries, problems)
+    warnings = [_unknown_spacing(spec, unknown)] if unknown else []
+    return CheckReport(spec, summaries, problems, warnings)

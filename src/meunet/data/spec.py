@@ -23,8 +23,10 @@ Example (``examples/brats4.yaml``)::
       test: []
 
 Without ``label_map`` the label files must hold the class indices
-0 .. len(classes) - 1 themselves. Paths are relative to ``root``. A key given
-twice (a case id pasted twice) is refused rather than silently collapsed.
+0 .. len(classes) - 1 themselves. Case paths are relative to ``root``, and a
+relative ``root`` to the folder of this file, so the spec works from any
+working directory. A key given twice (a case id pasted twice) is refused
+rather than silently collapsed.
 """
 
 from __future__ import annotations
@@ -208,7 +210,9 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
 
     Args:
         path: The YAML file.
-        root: Folder for relative case paths, overriding the file's ``root``.
+        root: Folder for relative case paths, overriding the file's ``root``;
+            a relative one is taken from the working directory, as a path typed
+            on the command line (``--root``) is.
 
     Raises:
         SpecError: naming the key that is wrong and what it should be.

@@ -92,6 +92,11 @@ class Volume:
         shape: (z, y, x) size in voxels.
         dtype: Data type of the values slicing returns.
         spacing: (z, y, x) voxel size.
+        spacing_known: False where the file stores no voxel size (PNG, TIFF
+            without resolution tags, NumPy without sidecar, HDF5 or Zarr without
+            a ``spacing`` attribute, NRRD without spacings) and 1 is assumed;
+            a spacing given to ``open_volume`` (dataset.yaml's ``spacing:``)
+            makes it known.
         origin: (z, y, x) position of the first voxel, in the spacing's unit.
         direction: World direction of each array axis (columns; see the module
             docstring); identity for an axis-aligned grid.
@@ -115,6 +120,7 @@ class Volume:
     origin: Spacing = (0.0, 0.0, 0.0)
     direction: Direction = IDENTITY
     space: str = ""
+    spacing_known: bool = True
     format: str = ""
     lazy: bool = True
     meta: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -5,6 +5,12 @@ HD95 from the surface voxels of each class (found slab by slab with a one-
 slice halo), so that a paper-scale volume never needs a full copy. Distances
 are in physical units (the truth's spacing). A class absent from both
 prediction and truth is reported as absent (NaN), never as a silent 1.0.
+
+HD95 has two definitions in use (:data:`HD95_DEFINITIONS`): meunet's default
+``"max"`` is the larger of the two directed 95th percentiles (prediction
+surface to truth surface, and back), as MONAI computes it; ``"pooled"`` is
+the 95th percentile of both directed distance sets together, which some tools
+report (usually the smaller of the two).
 """
 
 from __future__ import annotations
@@ -17,10 +23,18 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from meunet.data.volume import Volume, slab_depth
-from meunet.errors import MeunetError
+from meunet.errors import MeunetError, SettingError
 from meunet.metrics.dice import DiceCounter
 
 Remap = Callable[[np.ndarray], np.ndarray]
+
+#: What HD95 means under each ``hd95`` mode, as the evaluation output states it.
+HD95_DEFINITIONS = {
+    "max": "the larger of the two directed 95th percentiles of the surface distances "
+    "(prediction to truth, truth to prediction), as MONAI computes it",
+    "pooled": "the 95th percentile of both directed surface distance sets pooled "
+    "(prediction to truth and truth to prediction together)",
+}
 
 
 @dataclass
@@ -43,14 +57,21 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _hd95(a: np.ndarray, b: np.ndarray) -> float:
-    """Symmetric 95th-percentile Hausdorff distance between two point sets."""
+def _check_hd95(mode: str) -> None:
+    if mode not in HD95_DEFINITIONS:
+        raise SettingError(f"hd95 must be one of {sorted(HD95_DEFINITIONS)}, got {mode!r}")
+
+
+def _hd95(a: np.ndarray, b: np.ndarray, mode: str = "max") -> float:
+    """Symmetric 95th-percentile Hausdorff distance between two point sets (see :data:`HD95_DEFINITIONS`)."""
     if len(a) == 0 and len(b) == 0:
         return float("nan")
     if len(a) == 0 or len(b) == 0:
         return float("inf")
     d_ab = cKDTree(b).query(a, workers=-1)[0]
     d_ba = cKDTree(a).query(b, workers=-1)[0]
+    if mode == "pooled":
+        return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
     return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
 
 
@@ -84,8 +105,15 @@ def evaluate_case(
     num_classes: int,
     remap_truth: Remap | None = None,
     remap_pred: Remap | None = None,
+    hd95: str = "max",
 ) -> list[ClassScores]:
-    """Scores per class (index 0 is background) of one predicted volume."""
+    """Scores per class (index 0 is background) of one predicted volume.
+
+    HD95 is in the unit of ``truth.spacing`` (open the truth with a dataset
+    spec's ``spacing:`` to use that); ``hd95`` picks its definition,
+    ``"max"`` (MONAI's) or ``"pooled"`` (see :data:`HD95_DEFINITIONS`).
+    """
+    _check_hd95(hd95)
     if pred.shape != truth.shape:
         raise MeunetError(
             f"{pred.path}: prediction shape {pred.shape} differs from truth {truth.path} shape {truth.shape}"
@@ -128,16 +156,25 @@ def evaluate_case(
             s: np.concatenate(surfaces[(s, c)]) if surfaces[(s, c)] else np.zeros((0, 3))
             for s in ("p", "t")
         }
-        hd = _hd95(pts["p"], pts["t"]) if c > 0 else float("nan")
+        hd = _hd95(pts["p"], pts["t"], hd95) if c > 0 else float("nan")
         rvd = float((pred_vox[c] - true_vox[c]) / true_vox[c]) if true_vox[c] else float("nan")
         out.append(ClassScores(float(dice[c]), hd, rvd, int(pred_vox[c]), int(true_vox[c])))
     return out
 
 
+def hd95_note(hd95: str = "max") -> str:
+    """The line under an evaluation table that says what its HD95 is."""
+    _check_hd95(hd95)
+    return f"HD95 ({hd95}): {HD95_DEFINITIONS[hd95]}; in the unit of the voxel spacing."
+
+
 def summary_table(
-    results: dict[str, list[ClassScores]], classes: Sequence[str]
+    results: dict[str, list[ClassScores]], classes: Sequence[str], hd95: str = "max"
 ) -> tuple[list[dict[str, object]], str]:
-    """CSV rows (case, class, metrics) and a markdown table with per-case values and mean +- sd."""
+    """CSV rows (case, class, metrics) and a markdown table with per-case values and mean +- sd.
+
+    A line under the table states the HD95 definition the scores used (``hd95``).
+    """
     rows: list[dict[str, object]] = []
     for case, scores in results.items():
         for c, s in enumerate(scores):
@@ -174,4 +211,5 @@ def summary_table(
         lines.append(
             f"| **mean** | {c} | {ms(vals['dice'])} | {ms(vals['hd95'])} | {ms(vals['rvd'])} | |"
         )
+    lines += ["", hd95_note(hd95)]
     return rows, "\n".join(lines)

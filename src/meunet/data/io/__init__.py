@@ -13,10 +13,11 @@ NumPy          ``x.npy`` (memory-mapped)                   yes           yes
 TIFF           ``x.tif`` (multi-page), folder of slices    yes*          yes
 NIfTI          ``x.nii``; ``x.nii.gz``                     ``.nii`` only no
 NRRD           ``x.nrrd``, ``x.seg.nrrd``, ``x.nhdr``      raw only      no
+PNG            folder of 2D slices, ``x.png`` (1 slice)    yes*          no (read only)
 =============  =========================================  ============  ============
 
 (*) uncompressed multi-page TIFF is memory-mapped; compressed TIFF and slice
-folders read whole 2D pages of the z-range asked for.
+folders (TIFF or PNG) read whole 2D pages of the z-range asked for.
 
 Gzip streams cannot be read at random: a crop of a ``.nii.gz`` or gzip
 ``.nrrd`` decompresses the file up to the crop. Convert such volumes once with
@@ -36,7 +37,7 @@ import numpy as np
 
 from meunet.data.io.zarr_io import ZarrSlabWriter
 from meunet.data.volume import IDENTITY, Direction, Spacing, Volume, as_direction, as_spacing
-from meunet.errors import VolumeError
+from meunet.errors import FormatError, VolumeError
 
 __all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "write_volume"]
 
@@ -47,14 +48,17 @@ _SUFFIXES = {
     ".zarr": "zarr", ".ome.zarr": "zarr",
     ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
     ".npy": "numpy",
+    ".png": "png",
 }  # fmt: skip
 _MODULES = {
     "zarr": "zarr_io", "hdf5": "hdf5_io", "numpy": "numpy_io",
-    "tiff": "tiff_io", "nifti": "nifti_io", "nrrd": "nrrd_io",
+    "tiff": "tiff_io", "nifti": "nifti_io", "nrrd": "nrrd_io", "png": "png_io",
 }  # fmt: skip
 _ORIENTED = ("nifti", "nrrd", "zarr")  # formats whose writer keeps direction and space
+_READ_ONLY = ("png",)  # formats meunet reads but does not write
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
-_SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF slices"
+_SLICE_SUFFIXES = {"tiff": (".tif", ".tiff"), "png": (".png",)}
+_SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF or PNG slices"
 
 
 def split_hdf5_path(path: str) -> tuple[str, str | None]:
@@ -67,20 +71,57 @@ def split_hdf5_path(path: str) -> tuple[str, str | None]:
 
 
 def detect_format(path: str | Path, must_exist: bool = True) -> str:
-    """Name the format of ``path`` from its suffix (and, for folders, its content)."""
+    """Name the format of ``path`` from its suffix (and, for folders, its content).
+
+    Args:
+        path: A file or folder.
+        must_exist: False for an output path, which may not exist yet; a
+            format meunet only reads (PNG) is then refused.
+
+    Raises:
+        FormatError: a suffix or folder content meunet does not read (or write).
+    """
     text = str(path).rstrip("/")
     file_part, _ = split_hdf5_path(text)
     name = os.path.basename(file_part).lower()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return _SUFFIXES[suffix]
-    if must_exist and os.path.isdir(text):
-        if any(os.path.exists(os.path.join(text, m)) for m in _ZARR_MARKERS):
-            return "zarr"
-        return "tiff"
-    if not must_exist and (name == "" or "." not in name):
-        return "tiff"  # a new folder of slices
-    raise VolumeError(f"{path}: unknown volume format; meunet reads {_SUPPORTED}")
+    suffix = next((s for s in sorted(_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
+    fmt = _SUFFIXES.get(suffix)
+    if fmt is None and must_exist and os.path.isdir(text):
+        fmt = _folder_format(text)
+    if fmt is None and not must_exist and (name == "" or "." not in name):
+        fmt = "tiff"  # a new folder of slices
+    if fmt is None:
+        raise FormatError(
+            f"{path}: unknown volume format; meunet reads {_SUPPORTED}: "
+            "convert it to one of these (e.g. with Fiji or SimpleITK), or correct the path"
+        )
+    if not must_exist and fmt in _READ_ONLY:
+        raise FormatError(
+            f"{path}: meunet reads {fmt.upper()} but does not write it; write a folder of "
+            "TIFF slices (a path without suffix), .tif, .zarr, .nii.gz or .nrrd instead"
+        )
+    return fmt
+
+
+def _folder_format(folder: str) -> str:
+    """A Zarr store, or a folder of TIFF or of PNG slices, told by what it holds."""
+    if any(os.path.exists(os.path.join(folder, m)) for m in _ZARR_MARKERS):
+        return "zarr"
+    names = [n.lower() for n in os.listdir(folder) if not n.startswith(".")]
+    kinds = [f for f, sfx in _SLICE_SUFFIXES.items() if any(n.endswith(sfx) for n in names)]
+    if len(kinds) == 1:
+        return kinds[0]
+    if kinds:
+        raise FormatError(
+            f"{folder}: folder holds both TIFF and PNG slices; a volume is one kind of slice: "
+            "move the strays out"
+        )
+    found = sorted({os.path.splitext(n)[1] or n for n in names})[:5]
+    raise FormatError(
+        f"{folder}: folder holds no .tif/.tiff or .png slices and is not a Zarr store "
+        f"(found: {', '.join(found) or 'nothing'}); meunet reads {_SUPPORTED}: convert the "
+        "slices to TIFF or PNG, or correct the path"
+    )
 
 
 def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
@@ -103,13 +144,13 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
         ((1072, 470, 470), (2.95, 2.95, 2.95))
     """
     text = str(path)
-    fmt = detect_format(text)
     file_part, _ = split_hdf5_path(text)
     if not os.path.exists(file_part):
         raise VolumeError(
             f"{file_part}: file not found; check the path "
             "(paths in a dataset.yaml are relative to the folder of that file)"
         )
+    fmt = detect_format(text)
     try:
         vol = _module(fmt).read(text)
     except (VolumeError, MemoryError):
@@ -121,6 +162,7 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
         ) from e
     if spacing is not None:
         vol.spacing = as_spacing(spacing, text)
+        vol.spacing_known = True
     return vol
 
 

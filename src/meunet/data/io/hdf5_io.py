@@ -1,7 +1,8 @@
 """HDF5 volumes: ``file.h5:/path/to/dataset``.
 
 Voxel size is read from the dataset attribute ``spacing`` (z, y, x), or
-``element_size_um`` (the ilastik / Fiji convention, also z, y, x).
+``element_size_um`` (the ilastik / Fiji convention, also z, y, x); without
+either it is 1, marked unknown.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def read(path: str) -> Volume:
             raise VolumeError(f"{path}: dataset has shape {ds.shape}; meunet reads 3D volumes")
         attrs = dict(ds.attrs)
         spacing = as_spacing(attrs.get("spacing", attrs.get("element_size_um", (1, 1, 1))), path)
+        known = "spacing" in attrs or "element_size_um" in attrs
         o = attrs.get("origin", (0.0, 0.0, 0.0))
     except BaseException:
         f.close()
@@ -65,6 +67,7 @@ def read(path: str) -> Volume:
         shape=(ds.shape[0], ds.shape[1], ds.shape[2]),
         dtype=ds.dtype,
         spacing=spacing,
+        spacing_known=known,
         origin=(float(o[0]), float(o[1]), float(o[2])),
         read_crop=read_crop,
         format="hdf5",

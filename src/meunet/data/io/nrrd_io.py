@@ -144,6 +144,7 @@ def read(path: str) -> Volume:
         shape=shape,
         dtype=dtype,
         spacing=spacing,
+        spacing_known="space directions" in header or "spacings" in header,
         origin=origin,
         direction=direction,
         space=space,

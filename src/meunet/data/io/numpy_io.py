@@ -2,7 +2,7 @@
 
 A ``.npy`` file holds no voxel size: it is kept in a sidecar ``x.npy.json``
 (``{"spacing": [z, y, x], "origin": [z, y, x]}``) when written by meunet, and
-is 1 otherwise (override it in dataset.yaml).
+is 1 otherwise, marked unknown (set ``spacing:`` in dataset.yaml).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def read(path: str) -> Volume:
         raise VolumeError(f"{path}: array has shape {arr.shape}; meunet reads 3D volumes")
     spacing: Spacing = (1.0, 1.0, 1.0)
     origin: Spacing = (0.0, 0.0, 0.0)
+    known = False
     if os.path.exists(_sidecar(path)):
         with open(_sidecar(path)) as f:
             side = json.load(f)
+        known = "spacing" in side
         spacing = as_spacing(side.get("spacing", spacing), _sidecar(path))
         o = side.get("origin", origin)
         origin = (float(o[0]), float(o[1]), float(o[2]))
@@ -40,6 +42,7 @@ def read(path: str) -> Volume:
         shape=(arr.shape[0], arr.shape[1], arr.shape[2]),
         dtype=arr.dtype,
         spacing=spacing,
+        spacing_known=known,
         origin=origin,
         read_crop=memmap_reader(arr),
         format="numpy",

@@ -4,7 +4,8 @@ An uncompressed multi-page file is memory-mapped, so a crop reads only its
 bytes; a compressed file or a folder of slices reads the whole 2D pages of the
 z-range asked for. Voxel size comes from meunet's own JSON description
 (``spacing`` in z, y, x), else from ImageJ's ``spacing`` and the X/Y
-resolution tags, else it is 1.
+resolution tags, else it is 1; unless all three axes are stored the spacing
+is marked unknown (``Volume.spacing_known``).
 """
 
 from __future__ import annotations
@@ -36,21 +37,22 @@ def _resolution_spacing(page: Any) -> tuple[float, float] | None:
     return yd / yn, xd / xn
 
 
-def _spacing_origin(
-    tif: tifffile.TiffFile, path: str, z_default: float = 1.0
-) -> tuple[Spacing, Spacing]:
+def _spacing_origin(tif: tifffile.TiffFile, path: str) -> tuple[Spacing, Spacing, bool]:
+    """Spacing, origin, and whether the file stores the spacing of all three axes."""
     origin: Spacing = (0.0, 0.0, 0.0)
     shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
     if "origin" in shaped:
         o = shaped["origin"]
         origin = (float(o[0]), float(o[1]), float(o[2]))
     if "spacing" in shaped and len(shaped["spacing"]) == 3:
-        return as_spacing(shaped["spacing"], path), origin
-    yx = _resolution_spacing(tif.pages[0]) or (1.0, 1.0)
-    z = z_default
+        return as_spacing(shaped["spacing"], path), origin, True
+    yx = _resolution_spacing(tif.pages[0])
+    z = None
     if tif.imagej_metadata and "spacing" in tif.imagej_metadata:
         z = float(tif.imagej_metadata["spacing"])
-    return as_spacing((z, yx[0], yx[1]), path), origin
+    known = yx is not None and z is not None
+    yx = yx or (1.0, 1.0)
+    return as_spacing((z or 1.0, yx[0], yx[1]), path), origin, known
 
 
 def _check_3d(shape: tuple[int, ...], path: str, axes: str = "") -> tuple[int, int, int]:
@@ -73,7 +75,7 @@ def read(path: str) -> Volume:
         series = tif.series[0]
         shape = _check_3d(tuple(series.shape), path, series.axes)
         dtype = np.dtype(series.dtype)
-        spacing, origin = _spacing_origin(tif, path)
+        spacing, origin, known = _spacing_origin(tif, path)
     try:
         mm = tifffile.memmap(path, mode="r")
         if mm.shape != shape:
@@ -91,6 +93,7 @@ def read(path: str) -> Volume:
         shape=shape,
         dtype=dtype,
         spacing=spacing,
+        spacing_known=known,
         origin=origin,
         read_crop=memmap_reader(mm) if mm is not None else read_pages,
         format="tiff",
@@ -113,7 +116,7 @@ def _open_folder(folder: str) -> Volume:
     with tifffile.TiffFile(files[0]) as tif:
         page_shape = tuple(tif.series[0].shape)
         dtype = np.dtype(tif.series[0].dtype)
-        spacing, origin = _spacing_origin(tif, files[0])
+        spacing, origin, known = _spacing_origin(tif, files[0])
     if len(page_shape) != 2:
         raise VolumeError(
             f"{files[0]}: slice has shape {page_shape}; a folder of slices needs 2D grey-level images"
@@ -140,6 +143,7 @@ def _open_folder(folder: str) -> Volume:
         shape=(len(files), page_shape[0], page_shape[1]),
         dtype=dtype,
         spacing=spacing,
+        spacing_known=known,
         origin=origin,
         read_crop=read_crop,
         format="tiff",
@@ -177,6 +181,7 @@ def write(
                     metadata=meta,
                     resolution=resolution,
                     compression=compression,
+                    photometric="minisblack",  # else 3 or 4 slices are taken for RGB(A)
                 )
         return
     # a folder of slices, built beside the target and renamed when complete;

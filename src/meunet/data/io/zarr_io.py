@@ -113,6 +113,7 @@ def read(path: str | Path) -> Volume:
     except Exception as e:  # zarr raises several types for a non-store
         raise VolumeError(f"{path}: not a readable Zarr store ({e})") from None
     spatial: tuple[int, ...] = (0, 1, 2)
+    ms: dict[str, Any] | None = None
     if isinstance(node, zarr.Group):
         ms = _ome_multiscale(dict(node.attrs))
         if ms is not None:
@@ -134,6 +135,7 @@ def read(path: str | Path) -> Volume:
         direction, space = _orientation(dict(arr.attrs), path)
         if arr.ndim != 3:
             raise VolumeError(f"{path}: Zarr array has shape {arr.shape}; meunet reads 3D volumes")
+    known = ms is not None or "spacing" in arr.attrs  # OME-Zarr requires a scale
     state = dict(arr.attrs).get("meunet", {})
     if state.get("complete") is False:
         raise VolumeError(
@@ -160,6 +162,7 @@ def read(path: str | Path) -> Volume:
         shape=(shape[0], shape[1], shape[2]),
         dtype=np.dtype(arr.dtype),
         spacing=spacing,
+        spacing_known=known,
         origin=(origin[0], origin[1], origin[2]),
         direction=direction,
         space=space,
