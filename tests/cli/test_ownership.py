@@ -460,3 +460,21 @@ def test_prepare_output_accepts_new_empty_and_own_paths(tmp_path: Path) -> None:
         (tmp_path / "dir.nii.gz").mkdir()
         (tmp_path / "dir.nii.gz" / "x").write_text("x")
         prepare_output(tmp_path / "dir.nii.gz", overwrite=True)
+
+
+def test_a_folder_from_meunet_0_1_is_adopted_by_the_line_the_refusal_gives(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from meunet.data.io.ownership import make_folder
+    from meunet.errors import MeunetError
+
+    run = tmp_path / "old run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"weights")
+    with pytest.raises(MeunetError, match="did not mark its folders") as info:
+        make_folder(run)
+    line = str(info.value).split(": echo ", 1)[1]
+    subprocess.run(["bash", "-c", f"echo {line}"], check=True)  # the path has a space
+    assert make_folder(run) == run and (run / "last.pt").read_bytes() == b"weights"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -319,7 +320,8 @@ def make_folder(path: str | Path, command: str = "meunet") -> Path:
     if path.exists() and not _empty_dir(str(path)):
         raise MeunetError(
             f"{path}: exists and was not made by meunet; choose another path (meunet writes "
-            "only into a new or empty folder, or one it made)"
+            "only into a new or empty folder, or one it made). If meunet 0.1, which did not "
+            f'mark its folders, made it: echo \'{{"tool": "meunet"}}\' > {shlex.quote(str(path / MARKER))}'
         )
     try:
         path.mkdir(parents=True, exist_ok=True)
