@@ -1,40 +1,55 @@
-"""Accuracy of U-net, meU-net and three cascades under one training budget.
+"""Does more context per byte of training memory buy a better small class?
 
-The paper's accuracy claim (``../shared/DESIGN.md`` 1.6): more context
-(meU-net) and the post-concatenation cascade segment the small class better
-than a U-net and than nnU-Net's low-resolution cascade. Every configuration
-here trains with the same sampler, loss, optimizer, number of epochs and
-patches per epoch (so the same number of optimizer steps per network), and
-is tested on cases it never saw:
+The paper's accuracy claim: a meU-net (trained on a standard patch P plus, in
+its deeper levels, an expanded patch E = kP) segments the small class better
+than a U-net of the same training memory, and the post-concatenation cascade
+does better still, beating the pre-concatenation and low-resolution cascades.
+This benchmark answers it under one protocol:
 
-- ``unet``: U-net at the largest patch whose measured training step fits the
-  memory budget, the budget being meU-net k = 1.75's measured peak;
-- ``meunet-k150``, ``meunet-k175``: meU-nets at the standard patch P;
-- ``cascade-post``, ``cascade-pre``: stage 2 on both meU-nets' maps
-  (stage 1 shared: the same two trained meU-nets);
-- ``cascade-lowres``: U-net on volumes downsampled by 2, then stage 2 with
-  its upsampled map pre-concatenated.
+- **Training to convergence.** Every network trains until ``patience`` epochs
+  pass without a better validation score, under a step cap (``epochs`` x
+  ``patches_per_epoch`` / ``batch``) stated in the table, which also reports
+  the steps run and the best epoch. Validation uses the network's own
+  inference window (``infer_patch``: E for a meU-net, P otherwise), so early
+  stopping keeps the epoch that is best the way the network is used.
+- **Every network at every window.** Each trained network predicts the test
+  cases with sliding windows of P, E(k = 1.5) and E(k = 1.75) voxels (and its
+  own training patch), U-nets too: a meU-net can only use what its deeper
+  levels learned from the expanded patch if the window shows it.
+- **Same memory, plus a learnability control.** ``unet`` trains at the largest
+  patch whose measured training step fits meU-net k = 1.75's measured peak;
+  ``unet-wide`` (the context phantom only) trains at a patch covering 2D, more
+  memory than the budget, to show the task can be learnt at all.
+- **Datasets.** ``context``: the phantom whose thin tubes are hind-gut only
+  within D voxels of a marker, with P/2 < D < E/2 (a window of P centred on a
+  voxel cannot see the cue, one of E can); ``phantom``: the classic phantom;
+  ``brats4``: four BRATS volumes, 2 train / 2 test both ways.
+- **Statistics.** Paired differences over (seed, test case), 3 seeds (fresh
+  data and initialisation each) x 2 test cases; a 95 % bootstrap confidence
+  interval that resamples seeds, then cases within them. A claim *holds* only
+  when the interval lies above 0, *fails* when it lies below, and is
+  *inconclusive* otherwise.
 
-Datasets: (a) the phantom, one fresh dataset per seed (8 cases: 5 train,
-1 val, 2 test); (b) ``../shared/data/brats4`` as the 3-class task, 2 train /
-2 test both ways (validation on the training cases: four volumes leave none
-to spare).
+    .venv/bin/python benchmarks/accuracy.py --datasets context        # CPU sizes
+    .venv/bin/python benchmarks/accuracy.py --sizes gpu                # one GPU, one seed
 
-    .venv/bin/python benchmarks/accuracy.py                     # CPU sizes, ~2 h on 2 cores
-    .venv/bin/python benchmarks/accuracy.py --sizes gpu         # paper-like sizes on a GPU
-
-Writes ``benchmarks/results/accuracy{,-gpu}.md`` and ``.json``. Each finished
-(dataset, seed or fold) run is kept in ``--work`` and skipped on a rerun.
+Every trained network, prediction and score is cached in ``--work`` per
+(dataset, seed, configuration, window): rerunning the command resumes, and
+the report is rewritten after each configuration, marking what is missing.
+Writes ``benchmarks/results/accuracy{,_gpu}.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
+import math
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,43 +65,121 @@ from meunet.memory import MemoryConfig, measure
 from meunet.memory.plan import plan_patch
 from meunet.metrics.evaluate import evaluate_case
 from meunet.models import load_model
-from meunet.training.cascade import train_cascade
+from meunet.training.cascade import stage1_configs, train_cascade
 from meunet.training.config import TrainConfig, override
 from meunet.training.loop import resolve_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BRATS = ROOT / "examples" / "brats4.yaml"
-CONFIGS = ("unet", "meunet-k150", "meunet-k175", "cascade-post", "cascade-pre", "cascade-lowres")
+CONFIGS = (  # the order they run in: the learnability control, then the main claim
+    "unet-wide", "unet", "meunet-k175", "meunet-k150", "unet-P", "cascade-post", "cascade-pre",
+    "cascade-lowres",
+)  # fmt: skip
+DATASETS = ("context", "phantom", "brats4")
 GIB = 2**30
+BOOTSTRAP = 10_000
 
 SIZES: dict[str, dict[str, Any]] = {
-    # what two CPU cores allow: ~3 minutes per network
+    # what two CPU cores allow
     "cpu": {
         "train": TrainConfig(
             encoder_channels=(8, 16, 16, 32, 32), decoder_channels=(16, 16, 8, 8), patch=32,
-            batch=4, lr=3e-3, epochs=22, patience=22, patches_per_epoch=32, bg_keep=0.1,
+            batch=4, lr=3e-3, epochs=150, patience=30, patches_per_epoch=48, bg_keep=0.1,
             device="cpu", amp=False,
         ),
-        "phantom_shape": (128, 96, 96), "seeds": (0, 1, 2), "brats_factor": 2,
+        "phantom_shape": (128, 96, 96), "context": 22.0, "wide_patch": 48,
+        "seeds": (0, 1, 2), "brats_factor": 2,
+        "configs": CONFIGS,
     },
-    # paper-like: the paper's channels, 96^3 standard patches (k = 1.75: 176^3), AMP
+    # one GPU call: the paper's channels, P = 64, k = 1.5, AMP; U-net at P and at E, meU-net
     "gpu": {
         "train": TrainConfig(
-            patch=96, batch=4, lr=9e-4, epochs=60, patience=30, patches_per_epoch=64,
+            patch=64, k=1.5, batch=2, lr=9e-4, epochs=14, patience=5, patches_per_epoch=48,
             bg_keep=0.1, device="cuda", amp=True, checkpointing=True,
         ),
-        "phantom_shape": (256, 192, 192), "seeds": (0, 1, 2), "brats_factor": 1,
+        "phantom_shape": (192, 192, 192), "context": 40.0, "wide_patch": 96,
+        "seeds": (0,), "brats_factor": 1, "cases": 6,
+        "configs": ("unet-P", "unet-wide", "meunet-k150"),
     },
 }  # fmt: skip
+
+# (better, its window, worse, its window, the paper's numbers); "own" is the network's infer_patch
+CLAIMS = [
+    ("meunet-k150", "E150", "unet", "own", "0.741 vs 0.672 (meU-net 240 vs U-net 160, Table 1)"),
+    ("meunet-k175", "E175", "unet", "own", "0.748 vs 0.666 (k = 1.75 vs 1, Table 2)"),
+    ("meunet-k150", "E150", "unet-P", "own", "0.741 vs 0.672 (meU-net vs U-net at P)"),
+    ("meunet-k175", "E175", "unet", "E175", "- (same window: is it the training?)"),
+    ("meunet-k150", "E150", "unet-P", "E150", "- (same window: is it the training?)"),
+    ("meunet-k175", "E175", "meunet-k175", "P", "- (does the window matter?)"),
+    ("cascade-post", "own", "meunet-k175", "E175", "0.768 vs 0.748 (cascade vs its stage 1)"),
+    ("cascade-post", "own", "cascade-pre", "own", "0.768 vs 0.756 (Table 5)"),
+    ("cascade-post", "own", "cascade-lowres", "own", "0.768 vs 0.659 (Table 3)"),
+]
+LEARNABLE = 0.7  # the control's small-class Dice below which the task is not shown learnable
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def memory_plan(base: TrainConfig, in_ch: int, classes: int) -> dict[str, Any]:
-    """Measured step peaks; U-net's patch is the largest that fits meU-net k = 1.75's peak."""
+def expanded(base: TrainConfig, k: float) -> int:
+    return dataclasses.replace(base, model="meunet", k=k).expanded
+
+
+def windows_of(base: TrainConfig) -> dict[str, int]:
+    return {"P": base.patch, "E150": expanded(base, 1.5), "E175": expanded(base, 1.75)}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def phantom_runs(
+    size: dict[str, Any], work: Path, seeds: Iterable[int], context: float
+) -> list[tuple[str, int, DatasetSpec]]:
+    """One fresh phantom dataset per seed: 5 train, 1 val and the rest test."""
+    kind = "context" if context else "phantom"
+    runs = []
+    for seed in seeds:
+        folder = work / f"{kind}-seed{seed}" / "data"
+        yaml_path = folder / "dataset.yaml"
+        if not yaml_path.is_file():
+            make_phantom_dataset(
+                folder, size.get("cases", 8), size["phantom_shape"], seed, progress=False,
+                **({"context_distance": context} if context else {}),
+            )  # fmt: skip
+        spec = load_spec(yaml_path)
+        ids = list(spec.cases)
+        n_train = len(ids) - 3 if len(ids) > 5 else len(ids) - 2
+        split = {
+            "train": tuple(ids[:n_train]),
+            "val": (ids[n_train],),
+            "test": tuple(ids[n_train + 1 :]),
+        }
+        runs.append((f"{kind}-seed{seed}", seed, dataclasses.replace(spec, split=split)))
+    return runs
+
+
+def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, int, DatasetSpec]]:
+    spec = load_spec(BRATS)
+    factor = size["brats_factor"]
+    # gzip NIfTI has no random access: written once to Zarr (downsampled by `factor`)
+    spec = downsampled_dataset(spec, factor, work / f"brats4-x{factor}", progress=False)
+    a, b = ("pat0005", "pat0006"), ("pat0003", "pat0004")
+    folds = {"brats4-foldA": (a, b), "brats4-foldB": (b, a)}
+    return [
+        (name, 0, dataclasses.replace(spec, split={"train": tr, "val": tr, "test": te}))
+        for name, (tr, te) in folds.items()
+    ]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def memory_plan(
+    base: TrainConfig, in_ch: int, classes: int, wide: int, configs: Iterable[str]
+) -> dict[str, Any]:
+    """Measured step peaks of ``configs``; ``unet``'s patch is the largest that fits meU-net k = 1.75's."""
     mem = MemoryConfig(
         patch=base.patch, batch=base.batch, amp=base.amp, checkpointing=base.checkpointing,
         device=base.device, in_channels=in_ch, num_classes=classes,
@@ -96,325 +189,482 @@ def memory_plan(base: TrainConfig, in_ch: int, classes: int) -> dict[str, Any]:
     def peak(**kw: Any) -> int:
         return int(measure(dataclasses.replace(mem, **kw))["peak_bytes"])
 
-    budget = peak(model="meunet", k=1.75)
-    found = plan_patch(dataclasses.replace(mem, model="unet"), budget, max_patch=4 * base.patch)
-    unet_patch = found.cfg.patch if found.cfg else base.patch
+    configs = set(configs)
+    plan: dict[str, Any] = {"budget": 0, "unet_patch": base.patch, "bytes": {}}
+    if configs & {"unet", "meunet-k175", "cascade-post", "cascade-pre"}:
+        plan["budget"] = plan["bytes"]["meunet-k175"] = peak(model="meunet", k=1.75)
+    if "unet" in configs:
+        found = plan_patch(
+            dataclasses.replace(mem, model="unet"), plan["budget"], max_patch=4 * base.patch
+        )
+        plan["unet_patch"] = found.cfg.patch if found.cfg else base.patch
+        plan["bytes"]["unet"] = peak(model="unet", patch=plan["unet_patch"])
+    wanted = {
+        "unet-P": lambda: peak(model="unet"),
+        "unet-wide": lambda: peak(model="unet", patch=wide),
+        "meunet-k150": lambda: peak(model="meunet", k=1.5),
+        "stage2-post": lambda: peak(model="cascade-post", extra_channels=2 * classes),
+        "stage2-pre": lambda: peak(model="cascade-pre", extra_channels=2 * classes),
+        "stage2-lowres": lambda: peak(model="cascade-pre", extra_channels=classes),
+    }
+    needs = {
+        "unet-P": {"unet-P", "cascade-lowres"},
+        "unet-wide": {"unet-wide"},
+        "meunet-k150": {"meunet-k150", "cascade-post", "cascade-pre"},
+        "stage2-post": {"cascade-post"},
+        "stage2-pre": {"cascade-pre"},
+        "stage2-lowres": {"cascade-lowres"},
+    }
+    for key, fn in wanted.items():
+        if needs[key] & configs:
+            plan["bytes"][key] = fn()
+    return plan
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def training_record(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Steps run, epochs, best epoch and seconds of a finished training, read from its log."""
+    with (folder / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    dice_cols = [c for c in rows[0] if c.startswith("dice_")][1:]  # without background
+
+    def score(r: dict[str, str]) -> float:
+        v = [float(r[c]) for c in dice_cols if r[c] not in ("", "nan")]
+        return float(np.nanmean(v)) if v else 0.0
+
+    scores = [score(r) for r in rows]
+    best = int(np.argmax(scores))  # the first maximum, as training keeps it
+    steps = sum(math.ceil(int(r["patches"]) / cfg.batch) for r in rows)
     return {
-        "budget": budget,
-        "unet_patch": unet_patch,
-        "bytes": {
-            "unet": peak(model="unet", patch=unet_patch),
-            "meunet-k150": peak(model="meunet", k=1.5),
-            "meunet-k175": budget,
-            "stage2-post": peak(model="cascade-post", extra_channels=2 * classes),
-            "stage2-pre": peak(model="cascade-pre", extra_channels=2 * classes),
-            "lowres-stage1": peak(model="unet"),
-            "stage2-lowres": peak(model="cascade-pre", extra_channels=classes),
-        },
+        "steps": steps,
+        "step_cap": cfg.epochs * math.ceil(cfg.patches_per_epoch / cfg.batch),
+        "epochs": len(rows),
+        "best_epoch": int(rows[best]["epoch"]),
+        "early_stop": len(rows) < cfg.epochs,
+        "seconds": sum(float(r["seconds"]) for r in rows),
+        "patch": cfg.patch,
+        "window": cfg.window,
     }
 
 
-def _seconds(folder: Path) -> float:
-    import csv
+class Run:
+    """One dataset and seed: trains configurations and scores them, caching everything."""
 
-    with (folder / "log.csv").open() as f:
-        return float(sum(float(r["seconds"]) for r in csv.DictReader(f)))
+    def __init__(
+        self, name: str, seed: int, spec: DatasetSpec, work: Path, base: TrainConfig,
+        plan: dict[str, Any], wide: int,
+    ) -> None:  # fmt: skip
+        self.name, self.spec, self.work, self.plan, self.wide = name, spec, work, plan, wide
+        self.base = dataclasses.replace(base, seed=seed)
+        self.device = resolve_device(base.device)
+        self.test = list(spec.split["test"])
+        self.store = work / "scores.json"
+        self.results: dict[str, Any] = (
+            json.loads(self.store.read_text()) if self.store.is_file() else {}
+        )
 
+    def save(self) -> None:
+        tmp = self.store.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(self.results, indent=1))
+        tmp.replace(self.store)
 
-def run_one(
-    spec: DatasetSpec, work: Path, base: TrainConfig, plan: dict[str, Any]
-) -> dict[str, Any]:
-    """Train the six configurations on ``spec``'s train/val split, score them on its test split."""
-    device = resolve_device(base.device)
-    test = list(spec.split["test"])
-    n = spec.num_classes
-    inputs = {cid: [open_volume(p) for p in spec.cases[cid].images] for cid in test}
+    def fit(self, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
+        if not (folder / "DONE").exists():
+            train(cfg, self.spec, folder, resume=(folder / "last.pt").exists(), progress=False)
+            (folder / "DONE").write_text("trained\n")
+        return training_record(folder, cfg)
 
-    def score(pred_of: dict[str, Path]) -> dict[str, Any]:
-        out = {}
-        for cid in test:
-            s = evaluate_case(open_volume(pred_of[cid]), open_volume(spec.cases[cid].label), n,
-                              spec.remap_labels)  # fmt: skip
-            out[cid] = {"dice": [c.dice for c in s], "hd95": [c.hd95 for c in s]}
+    def windows(self, own: int) -> dict[str, int]:
+        w = windows_of(self.base)
+        w["own"] = own
+        return w
+
+    def score(
+        self, config: str, checkpoint: Path, own: int, maps: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Test-case scores of one network at each inference window (predictions cached)."""
+        model = load_model(checkpoint, map_location=self.device)
+        out: dict[str, Any] = {}
+        for key, window in self.windows(own).items():
+            per_case = {}
+            for cid in self.test:
+                target = self.work / "test" / f"{config}-w{window}" / f"{cid}.zarr"
+                scored = target.parent / f"{cid}.scored"
+                cached = json.loads(scored.read_text()) if scored.exists() else {}
+                if "voxels_pred" not in cached:  # scores of earlier versions lack the counts
+                    if not cached:  # else the finished prediction is on disk
+                        inputs = [open_volume(p) for p in self.spec.cases[cid].images]
+                        extra = [open_volume(m.format(cid=cid)) for m in maps or []]
+                        predict_volume(
+                            model, inputs, target, window, extra, "vote", self.base.batch,
+                            self.device, False,
+                        )  # fmt: skip
+                    s = evaluate_case(
+                        open_volume(target), open_volume(self.spec.cases[cid].label),
+                        self.spec.num_classes, self.spec.remap_labels,
+                    )  # fmt: skip
+                    scored.write_text(json.dumps({
+                        "dice": [c.dice for c in s], "hd95": [c.hd95 for c in s],
+                        "voxels_pred": [c.voxels_pred for c in s],
+                        "voxels_true": [c.voxels_true for c in s],
+                    }))  # fmt: skip
+                per_case[cid] = json.loads((target.parent / f"{cid}.scored").read_text())
+            out[key] = {"window": window, "cases": per_case}
         return out
 
-    def predict(
-        model_path: Path, patch: int, name: str, maps: list[str] | None = None
-    ) -> dict[str, Path]:
-        model = load_model(model_path, map_location=device)
-        preds = {}
-        for cid in test:
-            target = work / "test" / name / f"{cid}.zarr"
-            if not target.exists():
-                extra = [open_volume(m.format(cid=cid)) for m in maps or []]
-                predict_volume(
-                    model, inputs[cid], target, patch, extra, "vote", base.batch, device, False
-                )
-            preds[cid] = target
-        return preds
-
-    res: dict[str, Any] = {}
-    mem = plan["bytes"]
-    # U-net at the largest patch that fits the budget
-    cfg = dataclasses.replace(base, model="unet", patch=plan["unet_patch"])
-    folder = work / "unet"
-    if not (folder / "DONE").exists():
-        train(cfg, spec, folder, resume=(folder / "last.pt").exists(), progress=False)
-        (folder / "DONE").touch()
-    res["unet"] = {"cases": score(predict(folder / "best.pt", cfg.patch, "unet")),
-                   "seconds": _seconds(folder), "memory": mem["unet"], "patch": cfg.patch}  # fmt: skip
-    log(f"  unet (P {cfg.patch}) done")
-    # both meU-nets and the post-concatenation stage 2
-    t0 = time.perf_counter()
-    train_cascade(spec, work / "post", "post", base, progress=False)
-    (work / "pre" / "stage1").parent.mkdir(parents=True, exist_ok=True)
-    if not (work / "pre" / "stage1").exists():  # the pre cascade shares stage 1
-        (work / "pre" / "stage1").symlink_to((work / "post" / "stage1").resolve())
-    train_cascade(spec, work / "pre", "pre", base, progress=False)
-    log(f"  meU-nets, post and pre stage 2 done ({time.perf_counter() - t0:.0f} s)")
-    stage1 = work / "post" / "stage1"
-    for name, memory_key in (("meunet-k150", "meunet-k150"), ("meunet-k175", "meunet-k175")):
-        preds = {cid: stage1 / name / "predictions" / f"{cid}.zarr" for cid in test}
-        res[name] = {"cases": score(preds), "seconds": _seconds(stage1 / name),
-                     "memory": mem[memory_key], "patch": base.patch}  # fmt: skip
-    s1_seconds = _seconds(stage1 / "meunet-k150") + _seconds(stage1 / "meunet-k175")
-    maps = [str(stage1 / b / "predictions" / "{cid}.zarr") for b in ("meunet-k150", "meunet-k175")]
-    for mode in ("post", "pre"):
-        folder = work / mode / "stage2"
-        res[f"cascade-{mode}"] = {
-            "cases": score(predict(folder / "best.pt", base.patch, f"cascade-{mode}", maps)),
-            "seconds": s1_seconds + _seconds(folder),
-            "memory": max(mem["meunet-k150"], mem["meunet-k175"], mem[f"stage2-{mode}"]),
-            "patch": base.patch,
-        }
-    # nnU-Net's low-resolution cascade
-    train_cascade(spec, work / "lowres", "lowres", base, progress=False)
-    low = work / "lowres" / "stage1" / "lowres"
-    maps = [str(low / "predictions" / "{cid}.zarr")]
-    res["cascade-lowres"] = {
-        "cases": score(
-            predict(work / "lowres" / "stage2" / "best.pt", base.patch, "cascade-lowres", maps)
-        ),
-        "seconds": _seconds(low) + _seconds(work / "lowres" / "stage2"),
-        "memory": max(mem["lowres-stage1"], mem["stage2-lowres"]),
-        "patch": base.patch,
-    }
-    log("  low-res cascade done")
-    return res
-
-
-def phantom_runs(
-    size: dict[str, Any], work: Path, seeds: list[int]
-) -> list[tuple[str, DatasetSpec]]:
-    runs = []
-    for seed in seeds:
-        folder = work / f"phantom-seed{seed}" / "data"
-        yaml_path = folder / "dataset.yaml"
-        if not yaml_path.is_file():
-            make_phantom_dataset(folder, 8, size["phantom_shape"], seed, progress=False)
-        spec = load_spec(yaml_path)
-        ids = list(spec.cases)
-        spec = dataclasses.replace(
-            spec, split={"train": tuple(ids[:5]), "val": (ids[5],), "test": tuple(ids[6:])}
-        )
-        runs.append((f"phantom-seed{seed}", spec))
-    return runs
-
-
-def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, DatasetSpec]]:
-    spec = load_spec(BRATS)
-    factor = size["brats_factor"]
-    if factor > 1:  # CPU: halve each axis (2 mm voxels), written once to Zarr
-        spec = downsampled_dataset(spec, factor, work / f"brats4-x{factor}", progress=False)
-    else:  # gzip NIfTI has no random access: convert once
-        spec = downsampled_dataset(spec, 1, work / "brats4-zarr", progress=False)
-    a, b = ("pat0005", "pat0006"), ("pat0003", "pat0004")
-    runs = []
-    for name, (train_ids, test_ids) in {"brats4-foldA": (a, b), "brats4-foldB": (b, a)}.items():
-        runs.append(
-            (
-                name,
-                dataclasses.replace(
-                    spec, split={"train": train_ids, "val": train_ids, "test": test_ids}
-                ),
+    def ensure(self, config: str) -> bool:
+        """Train and score ``config`` unless cached; False where it does not apply here."""
+        if config in self.results and all(
+            "voxels_pred" in c
+            for w in self.results[config].get("windows", {}).values()
+            for c in w["cases"].values()
+        ):
+            return True
+        if config == "unet-wide" and not self.name.startswith("context"):
+            return False
+        if (
+            config == "unet-P"
+            and "unet" in self.plan["bytes"]
+            and self.plan["unet_patch"] == self.base.patch
+        ):
+            if not self.ensure("unet"):  # the same-memory U-net is already the U-net at P
+                return False
+            self.results["unet-P"] = {**self.results["unet"], "same_as": "unet"}
+            self.save()
+            return True
+        t0 = time.perf_counter()
+        base, mem = self.base, self.plan["bytes"]
+        stage1 = self.work / "post" / "stage1"
+        if config in ("unet", "unet-P", "unet-wide"):
+            patch = {"unet": self.plan["unet_patch"], "unet-P": base.patch, "unet-wide": self.wide}
+            cfg = dataclasses.replace(base, model="unet", patch=patch[config], infer_patch=0)
+            record = self.fit(cfg, self.work / config)
+            scores = self.score(config, self.work / config / "best.pt", cfg.window)
+            memory = mem[config]
+        elif config.startswith("meunet"):
+            cfg = stage1_configs("post", base)[config]
+            record = self.fit(cfg, stage1 / config)
+            scores = self.score(config, stage1 / config / "best.pt", cfg.window)
+            memory = mem[config]
+        else:
+            mode = config.split("-")[1]
+            if mode == "pre" and not (self.work / "pre" / "stage1").exists():
+                (self.work / "pre").mkdir(parents=True, exist_ok=True)  # shares post's stage 1
+                (self.work / "pre" / "stage1").symlink_to(stage1.resolve())
+            train_cascade(self.spec, self.work / mode, mode, base, progress=False)
+            cfg = dataclasses.replace(base, model=f"cascade-{'post' if mode == 'post' else 'pre'}")
+            record = training_record(self.work / mode / "stage2", cfg)
+            branches = stage1_configs(mode, base)
+            for b, bcfg in branches.items():
+                record["seconds"] += training_record(self.work / mode / "stage1" / b, bcfg)[
+                    "seconds"
+                ]
+            maps = [
+                str(self.work / mode / "stage1" / b / "predictions" / "{cid}.zarr")
+                for b in branches
+            ]
+            scores = self.score(config, self.work / mode / "stage2" / "best.pt", cfg.window, maps)
+            stage1_mem = (
+                [mem["meunet-k150"], mem["meunet-k175"]] if mode != "lowres" else [mem["unet-P"]]
             )
+            memory = max(*stage1_mem, mem[f"stage2-{mode}"])
+        self.results[config] = {**record, "memory": memory, "windows": scores}
+        self.save()
+        log(f"{self.name}: {config} done in {time.perf_counter() - t0:.0f} s")
+        return True
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def paired(
+    runs: dict[str, Any], a: str, wa: str, b: str, wb: str, cls: int
+) -> list[tuple[str, float]]:
+    """(run, Dice(a) - Dice(b)) for each test case of each run where both were scored."""
+    out = []
+    for run, r in runs.items():
+        if a not in r or b not in r:
+            continue
+        ca, cb = r[a]["windows"][wa]["cases"], r[b]["windows"][wb]["cases"]
+        for cid in ca:
+            da, db = ca[cid]["dice"][cls], cb[cid]["dice"][cls]
+            if np.isfinite(da) and np.isfinite(db):
+                out.append((run, da - db))
+    return out
+
+
+def bootstrap_ci(diffs: list[tuple[str, float]], seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean difference, resampling runs (seeds) and then cases within them."""
+    groups: dict[str, list[float]] = {}
+    for run, d in diffs:
+        groups.setdefault(run, []).append(d)
+    arrays = [np.asarray(v) for v in groups.values()]
+    rng = np.random.default_rng(seed)
+    means = np.empty(BOOTSTRAP)
+    for i in range(BOOTSTRAP):
+        picked = rng.integers(len(arrays), size=len(arrays))
+        means[i] = np.mean(
+            np.concatenate([rng.choice(arrays[j], size=len(arrays[j])) for j in picked])
         )
-    return runs
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
-def _fmt(values: list[float]) -> str:
+def verdict(lo: float, hi: float) -> str:
+    return "holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _mean_sd(values: list[float]) -> str:
     v = np.asarray([x for x in values if np.isfinite(x)], float)
     if not len(v):
         return "-"
     return f"{v.mean():.3f} +- {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = [
-        f"# Accuracy: U-net, meU-net and cascades under one budget ({meta['sizes']} sizes)",
-        "",
+def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    classes = meta["classes"][kind]
+    small = len(classes) - 1
+    configs = [c for c in CONFIGS if any(c in r for r in runs.values())]
+    lines = [f"## {kind}: {', '.join(runs)}", ""]
+    missing = [
+        f"{c} ({sum(c not in r for r in runs.values())} of {len(runs)} runs)"
+        for c in configs
+        if any(c not in r for r in runs.values())
     ]
+    if missing:
+        lines += [f"Not yet run: {', '.join(missing)}. Rerun the command to finish them.", ""]
+    dice_head = " | ".join(f"{c} Dice" for c in classes[1:])
+    lines += [
+        f"| configuration | train patch | window | {dice_head} | {classes[small]} HD95 | steps (cap) | best epoch | train s | memory GiB |",
+        "|---" * (8 + small) + "|",
+    ]
+    for cfg in configs:
+        entries = [r[cfg] for r in runs.values() if cfg in r]
+        if all("same_as" in e for e in entries):
+            lines.append(
+                f"| {cfg} | same as {entries[0]['same_as']} (its patch is P) |" + " |" * (6 + small)
+            )
+            continue
+        shown: set[int] = set()
+        for key in ("own", "P", "E150", "E175"):
+            window = entries[0]["windows"][key]["window"]
+            if window in shown:
+                continue
+            shown.add(window)
+            cases = [c for e in entries for c in e["windows"][key]["cases"].values()]
+            dice = [_mean_sd([c["dice"][k] for c in cases]) for k in range(1, len(classes))]
+            hd = _mean_sd([c["hd95"][small] for c in cases])
+            label = f"{window}{' (own)' if key == 'own' else ''}"
+            steps = f"{np.mean([e['steps'] for e in entries]):.0f} ({entries[0]['step_cap']})"
+            best = f"{np.mean([e['best_epoch'] for e in entries]):.1f} of {np.mean([e['epochs'] for e in entries]):.1f}"
+            secs = f"{np.mean([e['seconds'] for e in entries]):.0f}"
+            memory = f"{max(e['memory'] for e in entries) / GIB:.3f}"
+            first = key == "own"
+            lines.append(
+                f"| {cfg if first else ''} | {entries[0]['patch'] if first else ''} | {label} | {' | '.join(dice)} | {hd} | {steps if first else ''} | {best if first else ''} | {secs if first else ''} | {memory if first else ''} |"
+            )
+    lines += ["", f"Claims ({classes[small]} Dice, paired over seeds x test cases):", ""]
+    lines += [
+        "| claim | paper | mean difference | 95 % CI | pairs | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, wa, b, wb, paper in CLAIMS:
+        diffs = paired(runs, a, wa, b, wb, small)
+        name = f"{a} @{wa} > {b} @{wb}"
+        if len(diffs) < 2:
+            lines.append(f"| {name} | {paper} | - | - | {len(diffs)} | not run |")
+            continue
+        lo, hi = bootstrap_ci(diffs)
+        mean = float(np.mean([d for _, d in diffs]))
+        lines.append(
+            f"| {name} | {paper} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi)} |"
+        )
+    control = [
+        c["dice"][small]
+        for r in runs.values()
+        if "unet-wide" in r
+        for c in r["unet-wide"]["windows"]["own"]["cases"].values()
+    ]
+    if control:
+        mean = float(np.nanmean(control))
+        ok = mean >= LEARNABLE
+        lines += [
+            "",
+            f"Learnability control: `unet-wide` (training patch covering 2D) reaches {classes[small]} Dice "
+            f"{mean:.3f} over {len(control)} test cases: "
+            + (
+                f"the task is learnable at these sizes (>= {LEARNABLE})."
+                if ok
+                else f"BELOW {LEARNABLE}: the phantom or the training is not good enough to judge the claims; read them with that in mind."
+            ),
+        ]
+    lines += ["", *precision_recall(runs, configs, classes[small], small)]
+    return [*lines, ""]
+
+
+def precision_recall(runs: dict[str, Any], configs: list[str], name: str, cls: int) -> list[str]:
+    """Pooled precision and recall of the small class at each network's own window."""
+    parts = []
+    for cfg in configs:
+        cases = [
+            c
+            for r in runs.values()
+            if cfg in r and "same_as" not in r[cfg]
+            for c in r[cfg]["windows"]["own"]["cases"].values()
+            if "voxels_pred" in c
+        ]
+        if not cases:
+            continue
+        # Dice = 2 TP / (predicted + true)
+        tp = sum(
+            c["dice"][cls] * (c["voxels_pred"][cls] + c["voxels_true"][cls]) / 2 for c in cases
+        )
+        pred = sum(c["voxels_pred"][cls] for c in cases)
+        true = sum(c["voxels_true"][cls] for c in cases)
+        parts.append(f"{cfg} {tp / max(pred, 1):.2f} / {tp / max(true, 1):.2f}")
+    if not parts:
+        return []
+    return [f"{name} precision / recall at each network's own window, pooled over the test cases: "
+            + "; ".join(parts) + "."]  # fmt: skip
+
+
+def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [f"# Accuracy: U-net, meU-net and cascades ({meta['sizes']} sizes)", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
     lines += [f"Made by `{meta['command']}` on {meta['machine']}, torch {meta['torch']}.", ""]
     lines += meta["setup"] + [""]
-    for dataset in ("phantom", "brats4"):
-        runs = {k: v for k, v in results.items() if k.startswith(dataset)}
-        if not runs:
-            continue
-        classes = next(iter(runs.values()))["classes"]
-        lines += [f"## {dataset}: {', '.join(runs)}", ""]
-        head = (
-            " | ".join(f"{c} Dice" for c in classes[1:])
-            + " | "
-            + " | ".join(f"{c} HD95" for c in classes[1:])
-        )
-        lines += [
-            f"| configuration | patch | {head} | train s | memory GiB |",
-            "|---" * (4 + 2 * (len(classes) - 1)) + "|",
-        ]
-        for cfg in CONFIGS:
-            entries = [r["configs"][cfg] for r in runs.values() if cfg in r["configs"]]
-            cases = [c for e in entries for c in e["cases"].values()]
-            dice = [_fmt([c["dice"][k] for c in cases]) for k in range(1, len(classes))]
-            hd = [_fmt([c["hd95"][k] for c in cases]) for k in range(1, len(classes))]
-            secs = np.mean([e["seconds"] for e in entries])
-            mem = max(e["memory"] for e in entries) / GIB
-            patches = sorted({e["patch"] for e in entries})
-            lines.append(
-                f"| {cfg} | {'/'.join(map(str, patches))} | {' | '.join(dice)} | {' | '.join(hd)} | {secs:.0f} | {mem:.3f} |"
-            )
-        lines += ["", "Per case (Dice " + ", ".join(classes[1:]) + "):", ""]
-        lines += [
-            "| run | case | " + " | ".join(CONFIGS) + " |",
-            "|---|---|" + "---|" * len(CONFIGS),
-        ]
-        for run, r in runs.items():
-            for cid in next(iter(r["configs"].values()))["cases"]:
-                cells = [
-                    " / ".join(f"{d:.3f}" for d in r["configs"][c]["cases"][cid]["dice"][1:])
-                    for c in CONFIGS
-                ]
-                lines.append(f"| {run} | {cid} | " + " | ".join(cells) + " |")
-        lines += ["", *versus_paper(runs, classes), ""]
-    return "\n".join(lines)  # fmt: skip
+    for kind in DATASETS:
+        runs = {k: v for k, v in results.items() if k.startswith(kind)}
+        if runs:
+            lines += dataset_section(kind, runs, meta)
+    return "\n".join(lines)
 
 
-# the paper's claims on its small class (hind-gut): (better, worse, the paper's two Dice values)
-CLAIMS = [
-    ("meunet-k150", "unet", "0.741 vs 0.672 (meU-net 240 vs U-net 160, Table 1)"),
-    ("meunet-k175", "unet", "0.748 vs 0.666 (k = 1.75 vs 1, Table 2)"),
-    ("cascade-post", "meunet-k175", "0.768 vs 0.748 (cascade vs its best stage 1)"),
-    ("cascade-post", "cascade-pre", "0.768 vs 0.756 (Table 5)"),
-    ("cascade-post", "cascade-lowres", "0.768 vs 0.659 (Table 3)"),
-]
-
-
-def versus_paper(runs: dict[str, Any], classes: list[str]) -> list[str]:
-    """Each of the paper's small-class claims, checked on paired test cases."""
-    small = len(classes) - 1
-    lines = [f"Versus the paper ({classes[small]} Dice, paired over the test cases):", ""]
-    lines += [
-        "| claim | paper | here: mean difference +- sd | cases where it holds | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for better, worse, paper in CLAIMS:
-        diffs = np.array(
-            [
-                r["configs"][better]["cases"][cid]["dice"][small]
-                - r["configs"][worse]["cases"][cid]["dice"][small]
-                for r in runs.values()
-                for cid in r["configs"][better]["cases"]
-            ]
-        )
-        wins = int((diffs > 0).sum())
-        spread = "" if abs(diffs.mean()) >= diffs.std() else ", within the case-to-case spread"
-        if abs(diffs.mean()) < 0.01:
-            verdict = "no difference (< 0.01)"
-        elif diffs.mean() > 0 and wins > len(diffs) / 2:
-            verdict = "agrees"
-        elif diffs.mean() < 0 and wins < len(diffs) / 2:
-            verdict = "disagrees"
-        else:
-            verdict = "inconclusive"
-        lines.append(
-            f"| {better} > {worse} | {paper} | {diffs.mean():+.3f} +- {diffs.std():.3f} | {wins} of {len(diffs)} | {verdict}{spread if verdict in ('agrees', 'disagrees') else ''} |"
-        )
-    return lines  # fmt: skip
+# ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", choices=tuple(SIZES), default="cpu")
-    p.add_argument(
-        "--datasets", nargs="+", choices=("phantom", "brats4"), default=["phantom", "brats4"]
-    )
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="phantom seeds (default 0 1 2)"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training setting",
-    )
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="phantom seeds")
+    p.add_argument("--configs", nargs="+", choices=CONFIGS, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--phantom-shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--context", type=float, default=None, help="cue distance D in voxels")
     p.add_argument("--work", default=None, help="folder for runs (default runs/accuracy-SIZES)")
-    p.add_argument(
-        "--out", default=None, help="results prefix (default benchmarks/results/accuracy[-gpu])"
-    )
+    p.add_argument("--out", default=None, help="results prefix (default benchmarks/results/...)")
+    p.add_argument("--note", default="", help="a paragraph put under the report's title")
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
     size = dict(SIZES[args.sizes])
     if args.phantom_shape:
         size["phantom_shape"] = tuple(args.phantom_shape)
+    if args.context is not None:
+        size["context"] = args.context
     base = override(size["train"], args.set)
+    windows = windows_of(base)
+    if not windows["P"] / 2 < size["context"] < windows["E150"] / 2:
+        log(f"warning: D = {size['context']} is not between P/2 and E(1.5)/2 ({windows})")
+    datasets = args.datasets or (["context"] if args.sizes == "gpu" else list(DATASETS))
+    configs = args.configs or list(size["configs"])
     work = Path(args.work or ROOT / "runs" / f"accuracy-{args.sizes}")
-    prefix = Path(
-        args.out or RESULTS / ("accuracy" if args.sizes == "cpu" else f"accuracy-{args.sizes}")
-    )
-    runs: list[tuple[str, DatasetSpec]] = []
-    if "phantom" in args.datasets:
-        runs += phantom_runs(size, work, list(args.seeds or size["seeds"]))
-    if "brats4" in args.datasets:
-        runs += brats_runs(size, work)
-    results: dict[str, Any] = {}
-    store = prefix.with_suffix(".json")
-    if store.is_file():  # keep runs of an earlier invocation (another dataset, say)
-        results = json.loads(store.read_text()).get("runs", {})
-    for name, spec in runs:
-        done = work / name / "result.json"
-        if done.is_file():
-            results[name] = json.loads(done.read_text())
-            log(f"{name}: already done, kept")
-            continue
+    prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "cpu" else "accuracy_gpu"))
+
+    specs: list[tuple[str, int, DatasetSpec]] = []
+    seeds = args.seeds or size["seeds"]
+    if "context" in datasets:
+        specs += phantom_runs(size, work, seeds, size["context"])
+    if "phantom" in datasets:
+        specs += phantom_runs(size, work, seeds, 0.0)
+    if "brats4" in datasets:
+        specs += brats_runs(size, work)
+    runs = []
+    classes: dict[str, list[str]] = {}
+    for name, seed, spec in specs:
         key = work / f"memory-{len(spec.channels)}ch-{spec.num_classes}cl.json"
-        if not key.is_file():  # depends on the channels and classes only
-            log(f"{name}: measuring memory")
+        plan = json.loads(key.read_text()) if key.is_file() else {"bytes": {}}
+        if not set(configs) <= set(plan.get("configs", ())):  # channels and classes only
+            log(f"measuring training memory ({len(spec.channels)} channels)")
             key.parent.mkdir(parents=True, exist_ok=True)
-            key.write_text(json.dumps(memory_plan(base, len(spec.channels), spec.num_classes)))
-        plan = json.loads(key.read_text())
-        log(
-            f"{name}: budget {plan['budget'] / GIB:.3f} GiB -> U-net patch {plan['unet_patch']}; training"
-        )
-        configs = run_one(spec, work / name, base, plan)
-        results[name] = {"classes": list(spec.classes), "shape": list(open_volume(spec.cases[spec.split['test'][0]].images[0]).shape),
-                         "plan": plan, "configs": configs}  # fmt: skip
-        done.write_text(json.dumps(results[name], indent=1))
+            every = sorted(set(configs) | set(plan.get("configs", ())))
+            plan = memory_plan(
+                base, len(spec.channels), spec.num_classes, size["wide_patch"], every
+            )
+            key.write_text(json.dumps({**plan, "configs": every}))
+        runs.append(Run(name, seed, spec, work / name, base, plan, size["wide_patch"]))
+        classes[name.split("-")[0]] = list(spec.classes)
+
     setup = [
-        f"- Training (every network): {json.dumps(base.to_dict())}.",
-        "- Training seconds were measured while other work shared the 2 cores at times: compare them within a table only.",
-        "- Same sampler (half-overlap grid, roulette), loss (weighted CE + soft Dice), optimizer, epochs and patches per epoch for every network; the best validation epoch is kept. Cascades' training time adds their stages.",
-        "- Memory: measured peak of one training step (`meunet.memory.measure`: live tensor bytes on CPU, `torch.cuda.max_memory_allocated` on CUDA); a cascade's is its largest stage's. The budget is meU-net k = 1.75's peak; U-net gets the largest patch (multiple of 16) that fits it.",
-        f"- Phantom: 8 cases of {size['phantom_shape']} voxels per seed (5 train, 1 val, 2 test), a fresh dataset and training seed per seed; HD95 in micrometres.",
-        f"- brats4: 3-class task (0 background, 1 edema, 2 tumour core), downsampled by {size['brats_factor']} per axis; fold A trains on pat0005/6 and tests on pat0003/4, fold B the reverse; validation on the training cases; HD95 in mm.",
+        f"- Training (every network; `patch`, `model`, `k` vary): {json.dumps(base.to_dict())}. "
+        f"Step cap {base.epochs} epochs x {base.patches_per_epoch} patches / batch {base.batch}; "
+        f"early stopping after {base.patience} epochs without a better validation mean Dice.",
+        f"- Windows: P = {windows['P']}, E(1.5) = {windows['E150']}, E(1.75) = {windows['E175']}; "
+        "'own' is the network's `infer_patch` (E for a meU-net, its training patch otherwise; "
+        "a cascade's stage 2 is a U-net at P and its stage-1 maps come from each branch's own window). "
+        "Sliding windows overlap by half; votes fused.",
+        "- `unet`: largest training patch (multiple of 16) whose measured step peak fits meU-net "
+        "k = 1.75's; `unet-P`: U-net at P; `unet-wide`: the control at "
+        f"{size['wide_patch']}, a patch covering 2D (not the same memory).",
+        "- Memory: measured peak of one training step (live tensor bytes on CPU, "
+        "`torch.cuda.max_memory_allocated` on CUDA); a cascade's is its largest stage's.",
+        f"- context: {size.get('cases', 8)} phantom cases of {size['phantom_shape']} per seed, "
+        f"thin tubes are hind-gut within D = {size['context']:g} voxels of a marker; phantom: "
+        "the classic phantom, hind-gut told by continuing the mid-gut. Per seed the last two "
+        "cases are test, the one before validation. HD95 in micrometres.",
+        f"- brats4: 3 classes (background, edema, tumour core), downsampled by {size['brats_factor']} "
+        "per axis; fold A trains on pat0005/6 and tests on pat0003/4, fold B the reverse; "
+        "validation on the training cases; HD95 in mm. Seed 0 for both folds.",
+        f"- Confidence intervals: {BOOTSTRAP} bootstrap resamples of runs (seeds or folds), "
+        "then of test cases within each; 'holds' when the 95 % interval lies above 0, 'fails' "
+        "when below, else 'inconclusive'.",
     ]
-    meta = {"sizes": args.sizes, "command": " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-            "machine": torch.cuda.get_device_name() if base.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "setup": setup}  # fmt: skip
-    text = report(results, meta)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    store.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
-    prefix.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    machine = (
+        torch.cuda.get_device_name()
+        if base.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in given:  # the note is printed under the title, not in the command
+        i = given.index("--note")
+        given[i : i + 2] = ["--note", "'...'"]
+    command = " ".join(["python benchmarks/accuracy.py", *given])
+    meta = {
+        "sizes": args.sizes, "command": command, "machine": machine,
+        "torch": torch.__version__, "setup": setup, "classes": classes, "note": args.note,
+    }  # fmt: skip
+
+    def write() -> str:
+        results = {r.name: r.results for r in runs if r.results}
+        meta["seconds"] = round(time.perf_counter() - t_start)
+        meta["work_seconds"] = {
+            r.name: round(sum(c.get("seconds", 0) for c in r.results.values())) for r in runs
+        }
+        text = report(results, meta)
+        text += (
+            f"\nTraining time summed over the networks above: "
+            f"{sum(meta['work_seconds'].values()) / 3600:.2f} h "
+            f"(this invocation: {meta['seconds'] / 3600:.2f} h of wall time).\n"
+        )
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix.with_suffix(".json").write_text(
+            json.dumps({"meta": meta, "runs": results}, indent=1)
+        )
+        prefix.with_suffix(".md").write_text(text)
+        return text
+
+    for config in configs:  # configuration-major: every seed of one claim before the next
+        for run in runs:
+            log(f"{run.name}: {config}")
+            if run.ensure(config):
+                write()
+    print(write())
     return 0
 
 

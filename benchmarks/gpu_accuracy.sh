@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the accuracy benchmark's GPU path (paper-like sizes:
-# the paper's channels, 96^3 standard patches, AMP, checkpointing) on one phantom seed,
-# with the epochs cut to fit one call. It checks that training, cascades and streaming
-# prediction run on CUDA; its numbers are a smoke check, not a benchmark result.
+# The accuracy benchmark's GPU variant, sized to finish in about 8 minutes on one H100 or
+# H200: the paper's channels, P = 64, k = 1.5, AMP and checkpointing, on one seed of the
+# context phantom (6 cases of 192^3, cue distance D = 40, so P/2 < D < E/2): U-net at P,
+# U-net at E (the learnability control) and meU-net, each trained to early stopping under a
+# step cap, each scored at windows P, E(1.5) and E(1.75). Writes accuracy_gpu.md / .json
+# under $OUT (copy them to benchmarks/results/).
 #
-# Needs torch with CUDA; the rest comes from wheels in .wheels/ (zarr and friends for
-# Python 3.12, fetched beforehand with `pip download`), since the machine is offline:
-#   run(command="bash benchmarks/gpu_accuracy.sh", carry=[".wheels"], timeout_s=560)
+# Needs Python with a CUDA build of torch. On a machine without network access, put wheels
+# of meunet's other dependencies for that Python in .wheels/ first (`pip download -d .wheels
+# zarr numcodecs ...`); they are installed into /tmp/site.
 set -euo pipefail
 OUT="${OUT:-/tmp/meunet-out}"
 mkdir -p "$OUT"
-python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*.whl
-export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1
+if compgen -G ".wheels/*.whl" > /dev/null; then
+  python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*.whl
+fi
+export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
-timeout "${LIMIT:-480}" python3 benchmarks/accuracy.py --sizes gpu --datasets phantom --seeds 0 \
-  --set "epochs=${EPOCHS:-4}" --set patches_per_epoch=32 --phantom-shape 192 128 128 --work /tmp/acc --out "$OUT/accuracy-gpu-smoke" 2>&1 | tee "$OUT/accuracy-gpu-smoke.log" | tail -40
+timeout "${LIMIT:-500}" python3 benchmarks/accuracy.py --sizes gpu --work /tmp/acc \
+  --out "$OUT/accuracy_gpu" 2>&1 | tee "$OUT/accuracy_gpu.log" | tail -40

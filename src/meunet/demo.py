@@ -237,7 +237,10 @@ def _write_report(
         "- Prediction: `meunet predict --model cascade/cascade.json` per test case (sliding windows of "
         "each stage's `infer_patch` in cascade.json, step half a window, centre-weighted votes).",
         "- These are CPU demo sizes, far below the paper's (160^3 patches, 16-128 channels): the numbers show "
-        "the pipeline works, not the paper's accuracy. `benchmarks/results/accuracy.md` compares the methods.",
+        "the pipeline works, not the paper's accuracy. Whether meU-net and the cascade beat a U-net of the same "
+        "memory is not settled at CPU sizes: on the context phantom (thin tubes are hind-gut only near a marker) "
+        "no network has yet learnt the cue, not even the U-net whose patch covers it, so the accuracy benchmark "
+        "(`benchmarks/results/accuracy.md`) neither supports nor refutes the paper's claim.",
         "",
         "## Test Dice, HD95 (micrometres) and relative volume difference",
         "",
