@@ -4,11 +4,14 @@
 # context phantom (6 cases of 192^3, cue distance D = 40, so P/2 < D < E/2): U-net at P,
 # U-net at E (the learnability control) and meU-net, each trained to early stopping under a
 # step cap, each scored at windows P, E(1.5) and E(1.75). Writes accuracy_gpu.md / .json
-# under $OUT (copy them to benchmarks/results/).
+# under $OUT (default /tmp/meunet-out; copy them to benchmarks/results/). On a machine with
+# a CUDA GPU:
 #
-# Needs Python with a CUDA build of torch. On a machine without network access, put wheels
+#   bash benchmarks/gpu_accuracy.sh       # from the repository root; LIMIT=SECONDS caps it (500)
+#
+# Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
 # of meunet's other dependencies for that Python in .wheels/ first (`pip download -d .wheels
-# zarr numcodecs ...`); they are installed into /tmp/site.
+# zarr numcodecs ...` elsewhere); they are installed into /tmp/site.
 set -euo pipefail
 OUT="${OUT:-/tmp/meunet-out}"
 mkdir -p "$OUT"

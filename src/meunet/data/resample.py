@@ -1,7 +1,7 @@
 """Resampling: ``meunet resample``, and downsampled copies for the low-resolution cascade.
 
 Images are resampled with cubic B-splines, labels with nearest neighbour
-(``../shared/DESIGN.md`` 1.4). :func:`resample_volume` resamples any volume by
+(``docs/method.md``, *The two-stage cascade*). :func:`resample_volume` resamples any volume by
 a factor or to a target spacing, streamed slab by slab. The cascade's copies
 (:func:`downsampled_dataset`) resample each case in memory: fine for the
 volumes a low-resolution stage is meant for; the copy is written once and

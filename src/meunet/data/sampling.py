@@ -1,4 +1,4 @@
-"""Training patches from volumes that need not fit in memory (DESIGN.md 1.4).
+"""Training patches from volumes that need not fit in memory (``docs/method.md``, *Patch sampling*).
 
 Candidate patches are cubes of side P on a grid with step s = P/2 along each
 axis, starting at 0 and running until a patch reaches the far end of the

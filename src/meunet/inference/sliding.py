@@ -1,4 +1,6 @@
-"""Sliding-window prediction of an in-memory volume (``../shared/DESIGN.md`` 1.5).
+"""Sliding-window prediction of an in-memory volume.
+
+The method: ``docs/method.md``, *Sliding-window inference*.
 
 Windows of side P lie on the training sampler's grid
 (:func:`meunet.data.sampling.grid_positions`: step P/2 from 0 until one

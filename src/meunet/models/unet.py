@@ -1,6 +1,7 @@
 """The 3D U-net of the paper, and its variants as configuration.
 
-One network serves every model of ``../shared/DESIGN.md`` 1.1-1.3:
+One network serves every model of ``docs/method.md`` (*The U-net*, *meU-net: a wider
+view through the deeper levels*, *The two-stage cascade*):
 
 - ``UNet3D(cfg)`` with ``deep_head=False``: the plain 3D U-net.
 - ``deep_head=True``: meU-net. A second 1x1x1 head on the decoder's level-2

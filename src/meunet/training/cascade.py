@@ -1,6 +1,6 @@
 """Train a whole two-stage cascade: stage-1 branches, their predictions, then stage 2.
 
-``post`` and ``pre`` (``../shared/DESIGN.md`` 1.3): two meU-nets (k = 1.5 and
+``post`` and ``pre`` (``docs/method.md``, *The two-stage cascade*): two meU-nets (k = 1.5 and
 1.75) on full-resolution patches; their predictions over every case become
 one-hot maps that the stage-2 U-net takes at every decoder level (post) or
 at its input (pre). ``lowres`` (nnU-Net's cascade): one U-net on volumes

@@ -1,6 +1,6 @@
 """The paper's loss: weighted cross-entropy plus soft Dice averaged over classes.
 
-Class weights follow ``../shared/DESIGN.md`` 1.4: with f_i the frequency of
+Class weights follow ``docs/method.md``, *Loss*: with f_i the frequency of
 class i over the sampled training patches, w_i = 1 / f_i, w = w / sum(w),
 weights = softmax(w).
 """
