@@ -9,6 +9,7 @@ its traceback, asks to be reported, and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -47,26 +48,25 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def fraction(text: str) -> float:
-    """An argparse ``type``: a number in [0, 1) (a window overlap)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), e.g. 0.5, got {text}")
-    return value
+def number_in(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse ``type``: a number with ``low <= value < high``, ``what`` completing "must ..." in its message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must {what}, got {text}")
+        return value
+
+    return parse
 
 
-def distance(text: str) -> float:
-    """An argparse ``type``: a distance in voxels, >= 0 (the context phantom's D)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a distance >= 0 in voxels, e.g. 22, got {text}")
-    return value
+fraction = number_in(0.0, 1.0, "lie in [0, 1), e.g. 0.5")  # a window overlap
+distance = number_in(
+    0.0, math.inf, "be a distance >= 0 in voxels, e.g. 22"
+)  # the context phantom's D
 
 
 def settings_epilog(defaults: bool = True) -> str:
