@@ -90,6 +90,17 @@ def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_chunks_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--chunks",
+        type=at_least(1),
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="Zarr chunk shape (default 64^3)",
+    )
+
+
 def add_shape_option(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument(
         "--shape", type=int, nargs=3, default=(128, 96, 96), metavar=("Z", "Y", "X"), help=help
@@ -155,14 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=HELP_OVERWRITE,
     )
-    p.add_argument(
-        "--chunks",
-        type=at_least(1),
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="Zarr chunk shape (default 64^3)",
-    )
+    add_chunks_option(p)
     p.add_argument(
         "--spacing",
         type=float,
@@ -208,14 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a label volume: nearest neighbour, no new values (default: an image, cubic B-spline)",
     )
-    p.add_argument(
-        "--chunks",
-        type=at_least(1),
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="Zarr chunk shape (default 64^3)",
-    )
+    add_chunks_option(p)
     p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resample)

@@ -21,7 +21,8 @@ its native form (NIfTI affine, NRRD space directions) to and from this one.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +230,37 @@ def as_direction(value: Any, where: str) -> Direction:
         )
     (a, b, c), (d, e, f), (g, h, i) = m.tolist()
     return ((a, b, c), (d, e, f), (g, h, i))
+
+
+def slice_stack_reader(
+    folder: str,
+    files: Sequence[str],
+    header: Callable[[str], tuple[tuple[int, ...], np.dtype]],
+    read: Callable[[str], np.ndarray],
+) -> CropReader:
+    """Crop reader over a folder of 2D slice files (one file a z-slice, read lazily).
+
+    Every file's ``header`` (shape, dtype) must match the first's; a crop
+    reads only the files of its z-range, with ``read``.
+    """
+    page_shape, dtype = header(files[0])
+    for f in files[1:]:
+        s, d = header(f)
+        if s != page_shape or d != dtype:
+            raise VolumeError(
+                f"{f}: slice has shape {s} and dtype {d}, but {os.path.basename(files[0])} has "
+                f"{page_shape} and {dtype}; every slice of {folder} must match (remove strays)"
+            )
+
+    def read_crop(slices: Slices) -> np.ndarray:
+        chosen = files[slices[0]]
+        yx = tuple(len(range(s.start, s.stop, s.step)) for s in slices[1:])
+        out = np.empty((len(chosen), *yx), dtype=dtype)
+        for i, f in enumerate(chosen):
+            out[i] = read(f)[slices[1], slices[2]]
+        return out
+
+    return read_crop
 
 
 def memmap_reader(mm: np.memmap) -> CropReader:

@@ -23,7 +23,7 @@ import numpy as np
 from natsort import natsorted
 from PIL import Image
 
-from meunet.data.volume import Slices, Volume
+from meunet.data.volume import Volume, slice_stack_reader
 from meunet.errors import VolumeError
 
 PNG_SUFFIXES = (".png",)
@@ -78,21 +78,7 @@ def read(path: str) -> Volume:
     if not files:
         raise VolumeError(f"{path}: folder holds no .png slices")
     page_shape, dtype = _header(files[0])
-    for f in files[1:]:
-        s, d = _header(f)
-        if s != page_shape or d != dtype:
-            raise VolumeError(
-                f"{f}: slice has shape {s} and dtype {d}, but {os.path.basename(files[0])} has "
-                f"{page_shape} and {dtype}; every slice of {path} must match (remove strays)"
-            )
-
-    def read_crop(slices: Slices) -> np.ndarray:
-        chosen = files[slices[0]]
-        yx = tuple(len(range(s.start, s.stop, s.step)) for s in slices[1:])
-        out = np.empty((len(chosen), *yx), dtype=dtype)
-        for i, f in enumerate(chosen):
-            out[i] = _read_slice(f, dtype)[slices[1], slices[2]]
-        return out
+    read_crop = slice_stack_reader(path, files, _header, lambda f: _read_slice(f, dtype))
 
     return Volume(
         path=path,

@@ -20,7 +20,15 @@ from natsort import natsorted
 
 from meunet.data.io.atomic import atomic_path
 from meunet.data.io.ownership import make_folder, remove_owned
-from meunet.data.volume import Slices, Spacing, Volume, as_spacing, memmap_reader, slab_depth
+from meunet.data.volume import (
+    Slices,
+    Spacing,
+    Volume,
+    as_spacing,
+    memmap_reader,
+    slab_depth,
+    slice_stack_reader,
+)
 from meunet.errors import VolumeError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -109,6 +117,11 @@ def slice_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in natsorted(names)]
 
 
+def _page_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
+
+
 def _open_folder(folder: str) -> Volume:
     files = slice_files(folder)
     if not files:
@@ -121,22 +134,7 @@ def _open_folder(folder: str) -> Volume:
         raise VolumeError(
             f"{files[0]}: slice has shape {page_shape}; a folder of slices needs 2D grey-level images"
         )
-    for f in files[1:]:
-        with tifffile.TiffFile(f) as tif:
-            s, d = tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
-        if s != page_shape or d != dtype:
-            raise VolumeError(
-                f"{f}: slice has shape {s} and dtype {d}, but {os.path.basename(files[0])} has "
-                f"{page_shape} and {dtype}; every slice of {folder} must match (remove strays)"
-            )
-
-    def read_crop(slices: Slices) -> np.ndarray:
-        chosen = files[slices[0]]
-        yx = tuple(len(range(s.start, s.stop, s.step)) for s in slices[1:])
-        out = np.empty((len(chosen), *yx), dtype=dtype)
-        for i, f in enumerate(chosen):
-            out[i] = tifffile.imread(f)[slices[1], slices[2]]
-        return out
+    read_crop = slice_stack_reader(folder, files, _page_header, tifffile.imread)
 
     return Volume(
         path=folder,
