@@ -19,13 +19,17 @@ in a one-voxel rim *outside* the tubes, never inside.
 The context phantom (``PhantomConfig(context_distance=D)``, ``meunet phantom
 --context D``) puts the cue at a set distance instead. Every thin tube (the
 hind-gut and more thin distractors than in the classic phantom) has the same
-radius, and a few small bright spheres ("markers", brighter than anything
-else, clear of every tube) sit between D/2 and D from thin tubes, placed so
-that about half the thin-tube length lies within D of one. The label rule is
-voxel-wise: a voxel of a thin tube is 2 iff the Euclidean distance from it to
-the nearest marker centre (a whole voxel) is <= D, else 0; the mid-gut is 1,
-the thick distractor and the markers 0. ``context_distance=0`` (the default)
-renders the classic phantom byte for byte.
+radius, and small spheres ("markers", clear of every tube) of two kinds sit
+within D/2 of thin tubes' centrelines: bright ones (brighter than anything
+else) and dark ones (as dark as the air). The label rule is voxel-wise: a
+voxel of a thin tube is 2 iff a bright marker's centre (a whole voxel) lies
+within D of it (Euclidean), and 0 iff a dark one does; thin tubes are cut
+away wherever neither holds with a margin (no marker within D, or one of the
+other kind within 1.5 D, ``context_margin``). So both classes have a visible
+cue, never a near call: telling them apart needs a view of about D around a
+voxel. The mid-gut is 1, the thick distractor and the markers 0. Markers are
+placed so that the two classes are about even. ``context_distance=0`` (the
+default) renders the classic phantom byte for byte.
 
 Rendering streams along z: tubes are polylines whose segments are drawn only
 into the slab they cross, textures are analytic functions of (z, y, x) and the

@@ -9,6 +9,10 @@ from meunet.errors import SettingError
 CLASSES = ("background", "mid-gut", "hind-gut")
 MIN_SIZE = 32  # voxels per axis; below this the tubes no longer fit in the body
 _REFERENCE_SIZE = 96.0  # geometry defaults are in voxels at min(y, x) = 96
+WOBBLE = 0.05  # relative amplitude of the body's low-frequency boundary wobble
+BODY_FILL = (0.82, 0.92)  # range of the body's semi-axes over the volume's half sizes
+CENTRE_JITTER = 0.02  # the body's centre moves by up to this share of each axis
+_MIN_ROOM = 0.05  # least share of the body's radius left to the mid-gut's centreline
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,16 @@ class PhantomConfig:
     texture_waves: int = 3  # low-frequency 3D sinusoids per texture
     body_period: tuple[float, float] = (16.0, 48.0)  # range of the body texture's periods; scaled
     tube_period: tuple[float, float] = (6.0, 16.0)  # range of the tube texture's periods; scaled
-    # Context mode (> 0): a thin-tube voxel is hind-gut iff a marker centre lies within this
-    # many voxels (not scaled); 0 gives the classic phantom, byte for byte.
+    # Context mode (> 0): every thin-tube voxel lies within this many voxels (not scaled) of
+    # a marker, and is hind-gut iff that marker is a bright one, background iff a dark one;
+    # 0 gives the classic phantom, byte for byte.
     context_distance: float = 0.0
-    marker_radius: float = 2.0  # context mode's bright spherical markers; scaled
-    marker_level: float = 42000.0  # markers' grey value, brighter than anything else
+    marker_radius: float = 2.0  # context mode's spherical markers; scaled
+    marker_level: float = 42000.0  # bright markers' grey value, brighter than anything else
+    dark_marker_level: float = 3000.0  # dark markers' grey value, the air's, inside the body
+    # Thin tubes are cut away where no marker lies within D, or a marker of the other kind
+    # lies within (1 + margin) D: a voxel's class is never a near call.
+    context_margin: float = 0.5
 
     def __post_init__(self) -> None:
         shape = tuple(int(n) for n in self.shape)
@@ -49,6 +58,15 @@ class PhantomConfig:
                 f"{MIN_SIZE} voxels each, e.g. (128, 96, 96)"
             )
         object.__setattr__(self, "shape", shape)
+        if self.room(min(shape)) < _MIN_ROOM:
+            thinnest = next(
+                n for n in range(min(shape), 100 * max(shape)) if self.room(n) >= _MIN_ROOM
+            )
+            raise SettingError(
+                f"phantom shape {shape}: an axis of {min(shape)} voxels is too thin for tubes "
+                f"sized for y, x = {shape[1]}, {shape[2]} (mid-gut radius {self.radii[0]:.1f}); "
+                f"make every axis at least {thinnest} voxels, or y and x smaller"
+            )
         if not 0 < self.hindgut_ratio < 1 or not 0 < self.midgut_share < 0.5:
             raise SettingError("hindgut_ratio must lie in (0, 1) and midgut_share in (0, 0.5)")
         if not 0 < self.hindgut_share[0] <= self.hindgut_share[1] < 0.5:
@@ -64,6 +82,8 @@ class PhantomConfig:
                 f"tubes that close at shape {shape}; use at least {self.min_context_distance:.1f} "
                 "voxels (or 0 for the classic phantom)"
             )
+        if not self.context_margin >= 0:
+            raise SettingError(f"context_margin {self.context_margin}: need a fraction of D >= 0")
 
     @property
     def scale(self) -> float:
@@ -81,6 +101,13 @@ class PhantomConfig:
         """Clearance between distinct tubes (and markers) beyond their radii, in voxels."""
         return max(2.0, self.gap * self.scale)
 
+    def room(self, n: int) -> float:
+        """Share of the body's radius, in the worst case along an axis of ``n`` voxels, that
+        lies inside the wobble and clear of the mid-gut's radius and gap."""
+        half = (n - 1) / 2 - CENTRE_JITTER * n - 1
+        semi_axis = half * BODY_FILL[0] / (1 + WOBBLE)
+        return 1 - WOBBLE - (self.radii[0] + self.tube_gap) / semi_axis
+
     @property
     def marker_r(self) -> float:
         """Radius of the context markers in voxels at this shape."""
@@ -89,6 +116,6 @@ class PhantomConfig:
     @property
     def min_context_distance(self) -> float:
         """Shortest D at which a marker fits clear of a thin tube (radius, half a centreline
-        step, marker radius and gap) yet within D of it."""
+        step, marker radius and gap) with a voxel to spare, yet within D/2 of its centreline."""
         r2 = self.radii[1]
-        return r2 + max(1.0, 0.5 * r2) / 2 + self.marker_r + self.tube_gap
+        return 2 * (r2 + max(1.0, 0.5 * r2) / 2 + self.marker_r + self.tube_gap + 1)

@@ -170,9 +170,10 @@ def _context_note(distance: float) -> str:
         return ""
     return (
         f"; context phantom, context_distance {distance:g} voxels: a thin-tube voxel is "
-        f"hind-gut (2) iff the nearest bright marker's centre lies within {distance:g} voxels, "
-        "else background (0); markers are background; mid-gut (1) and the thick look-alike (0) "
-        "as in the classic phantom"
+        f"hind-gut (2) iff a bright marker's centre lies within {distance:g} voxels, background "
+        f"(0) iff a dark marker's does; thin tubes are cut away where no marker lies within "
+        f"{distance:g} voxels or one of the other kind within {1.5 * distance:g}; markers are "
+        "background; mid-gut (1) and the thick look-alike (0) as in the classic phantom"
     )
 
 

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from meunet.data.phantom.config import PhantomConfig
+from meunet.data.phantom.config import BODY_FILL, CENTRE_JITTER, WOBBLE, PhantomConfig
 from meunet.errors import SettingError
 
-_WOBBLE = 0.05  # relative amplitude of the body's low-frequency boundary wobble
 _TRIES = 24  # direction proposals per centreline step before a walk is stuck
 _BACKTRACKS = 40  # times a stuck walk may undo steps before it stops (or overlaps)
 _CONTEXT_EXTRA_THIN = 2  # thin distractors added in context mode, so both classes are ample
-_CONTEXT_COVER = (0.45, 0.55)  # share of thin centreline the markers aim to bring within reach
+_CONTEXT_COVER = 0.8  # share of thin centreline the markers aim to bring within reach
 _MARKER_TRIES = 20000  # marker candidates drawn per case (a vectorised draw)
 
 
@@ -44,9 +43,11 @@ class PhantomGeometry:
     axes: np.ndarray  # (3,) body semi-axes
     tubes: tuple[Tube, ...]
     waves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> (k, phase, amplitude)
-    # Context mode only: marker centres, (m, 3) whole voxel coordinates (z, y, x), and the
+    # Context mode only: marker centres, (m, 3) whole voxel coordinates (z, y, x), their
+    # kinds (m,) (True: a bright cue of class 2, False: a dark cue of background), and the
     # ids of the thin tubes whose voxels the marker rule labels.
     markers: np.ndarray = field(default_factory=lambda: np.empty((0, 3)))
+    cues: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
     context_ids: tuple[int, ...] = ()
 
 
@@ -90,8 +91,8 @@ class _Walker:
 
     def limit(self, radius: float) -> float:
         # Points with rho <= 1 - d/min(axes) lie d voxels inside the ellipsoid, and the
-        # wobbled body boundary is never inside rho = 1 - _WOBBLE.
-        return 1.0 - _WOBBLE - (radius + self.gap) / float(self.axes.min())
+        # wobbled body boundary is never inside rho = 1 - WOBBLE.
+        return 1.0 - WOBBLE - (radius + self.gap) / float(self.axes.min())
 
     def walk(
         self,
@@ -193,15 +194,15 @@ class _Walker:
 def make_geometry(cfg: PhantomConfig, seed: int, case: int) -> PhantomGeometry:
     rng = np.random.default_rng(np.random.SeedSequence([seed, case]))
     n = np.asarray(cfg.shape, float)
-    centre = (n - 1) / 2 + rng.uniform(-0.02, 0.02, 3) * n
+    centre = (n - 1) / 2 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 3) * n
     half = np.minimum(centre, n - 1 - centre) - 1
-    axes = half * rng.uniform(0.82, 0.92, 3) / (1 + _WOBBLE)
+    axes = half * rng.uniform(*BODY_FILL, 3) / (1 + WOBBLE)
     body_periods = (cfg.body_period[0] * cfg.scale, cfg.body_period[1] * cfg.scale)
     tube_periods = (cfg.tube_period[0] * cfg.scale, cfg.tube_period[1] * cfg.scale)
     waves = {
         "body": _waves(rng, cfg.texture_waves, body_periods, cfg.body_texture_sd),
         "tube": _waves(rng, cfg.texture_waves, tube_periods, cfg.tube_texture_sd),
-        "wobble": _waves(rng, 2, (1.0 * axes.min(), 2.0 * axes.min()), _WOBBLE / math.sqrt(2)),
+        "wobble": _waves(rng, 2, (1.0 * axes.min(), 2.0 * axes.min()), WOBBLE / math.sqrt(2)),
     }
     walker = _Walker(cfg, rng, centre, axes)
     r1, r2 = cfg.radii
@@ -263,9 +264,15 @@ def make_geometry(cfg: PhantomConfig, seed: int, case: int) -> PhantomGeometry:
     if not context:
         return PhantomGeometry(centre, axes, tuple(tubes), waves)
     thin_tubes = [t for t in tubes if t.tube_id in context_ids]
-    markers = _place_markers(cfg, rng, walker, tubes, thin_tubes)
+    markers, cues = _place_markers(cfg, rng, walker, tubes, thin_tubes)
+    if not len(markers):  # every thin tube would be cut away
+        raise SettingError(
+            f"context_distance {cfg.context_distance:g}: no marker fits near a thin tube in case "
+            f"{case} of seed {seed} at shape {cfg.shape}; use a larger distance or shape"
+        )
     markers.setflags(write=False)
-    return PhantomGeometry(centre, axes, tuple(tubes), waves, markers, tuple(context_ids))
+    cues.setflags(write=False)
+    return PhantomGeometry(centre, axes, tuple(tubes), waves, markers, cues, tuple(context_ids))
 
 
 def _place_markers(
@@ -274,16 +281,21 @@ def _place_markers(
     walker: _Walker,
     tubes: list[Tube],
     thin: list[Tube],
-) -> np.ndarray:
-    """Marker centres (whole voxels) that bring about half of the thin tubes within reach.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marker centres (whole voxels) and kinds that bring most thin centreline within reach.
 
     Candidates are drawn uniformly in the body and kept when the nearest thin
-    centreline lies between D/2 and D (the cue is seen from a distance, never
-    touching) and every tube and marker is clear by the tube gap. They are
-    taken in turn while each brings new thin centreline within D and the share
-    within D stays under the upper bound, until it reaches the lower one.
+    centreline lies within D/2 (so the stretch of tube within D of the marker
+    is long, reaching D from it at both ends), every tube and marker is clear
+    by the tube gap (a marker never touches a tube) and each brings new thin
+    centreline within D. A marker takes the kind (bright cue or dark cue) with
+    less centreline so far, so the classes are balanced, and keeps at least
+    (2 + margin) D from markers of the other kind, so that no stretch of tube
+    is near both. Drawing stops when the share of thin centreline within D
+    reaches the cover target.
     """
     reach, rm = float(cfg.context_distance), cfg.marker_r
+    apart = reach * (2 + cfg.context_margin)
     thin_pts = np.concatenate([t.points for t in thin])
     thin_tree = cKDTree(thin_pts)
     all_pts = np.concatenate([t.points for t in tubes])
@@ -296,22 +308,25 @@ def _place_markers(
     cand = np.rint(walker.centre + limit * u * walker.axes)
     rho = np.linalg.norm((cand - walker.centre) / walker.axes, axis=1)
     to_thin = thin_tree.query(cand)[0]
-    cand = cand[(rho <= limit) & (to_thin >= reach / 2) & (to_thin <= reach)]
-    covered = np.zeros(len(thin_pts), bool)
-    lo, hi = (round(f * len(thin_pts)) for f in _CONTEXT_COVER)
+    cand = cand[(rho <= limit) & (to_thin <= reach / 2)]
+    covered = np.zeros((2, len(thin_pts)), bool)  # thin centreline within D, per kind
     markers: list[np.ndarray] = []
+    kinds: list[bool] = []
     for c in cand:
-        if covered.sum() >= lo:
+        if covered.any(axis=0).mean() >= _CONTEXT_COVER:
             break
         near = np.asarray(all_tree.query_ball_point(c, float(req.max())), dtype=int)
         if len(near) and np.any(np.linalg.norm(all_pts[near] - c, axis=1) <= req[near]):
             continue
-        if markers and np.linalg.norm(np.asarray(markers) - c, axis=1).min() < 2 * rm + walker.gap:
-            continue
+        cue = bool(covered[1].sum() <= covered[0].sum())  # row 1: bright cues
+        if markers:
+            dist = np.linalg.norm(np.asarray(markers) - c, axis=1)
+            if dist.min() < 2 * rm + walker.gap or np.any(dist[np.asarray(kinds) != cue] < apart):
+                continue
         within = np.asarray(thin_tree.query_ball_point(c, reach), dtype=int)
-        gain = np.count_nonzero(~covered[within])
-        if gain == 0 or covered.sum() + gain > hi:
+        if not np.count_nonzero(~covered.any(axis=0)[within]):
             continue
-        covered[within] = True
+        covered[int(cue), within] = True
         markers.append(c)
-    return np.asarray(markers, float).reshape(-1, 3)
+        kinds.append(cue)
+    return np.asarray(markers, float).reshape(-1, 3), np.asarray(kinds, bool)

@@ -73,7 +73,11 @@ class _Scene:
             hi = np.ceil(np.maximum(a, b) + t.radius + 1).astype(int)
             lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(cfg.shape) - 1)
             self.segments.append((t, a, b, lo, hi))
-        self.marker_tree = cKDTree(g.markers) if len(g.markers) else None
+        # Per kind (bright, dark): a tree of the marker centres (None if there are none).
+        self.kinds = []
+        for kind in (True, False):
+            centres = g.markers[g.cues == kind]
+            self.kinds.append((cKDTree(centres) if len(centres) else None, centres))
         self.context_ids = np.asarray(g.context_ids, np.uint8)
 
     def texture(self, name: str, zs: np.ndarray) -> np.ndarray:
@@ -94,7 +98,38 @@ class _Scene:
         for tube, a_pts, b_pts, lo, hi in self.segments:
             for i in np.flatnonzero((lo[:, 0] < z1) & (hi[:, 0] >= z0)):
                 _stamp(sdf, ids, z0, z1, a_pts[i], b_pts[i], tube, lo[i], hi[i])
+        if self.context_ids.size:
+            # Context mode: cut the thin tubes (rims included) where the class would be a
+            # near call (see ``thin_class``).
+            idx = np.argwhere(np.isin(ids, self.context_ids))
+            cut = tuple(idx[self.thin_class(idx, z0) < 0].T)
+            sdf[cut], ids[cut] = 1, 0
         return sdf, ids
+
+    def thin_class(self, idx: np.ndarray, z0: int) -> np.ndarray:
+        """Context mode's rule for thin-tube voxels ``idx`` (n, 3) of a slab from ``z0``.
+
+        2 where a bright marker's centre lies within D and no dark one within
+        (1 + margin) D; 0 the other way round; -1 (cut away) otherwise.
+        Distances are Euclidean, from whole-voxel centres (exact, as in a
+        distance transform).
+        """
+        cfg = self.cfg
+        idx = idx + np.array([z0, 0, 0])
+        far = cfg.context_distance * (1 + cfg.context_margin)
+        bright, dark = (self.nearest(tree, centres, idx) for tree, centres in self.kinds)
+        out = np.full(len(idx), -1, np.int8)
+        out[(bright <= cfg.context_distance) & (dark > far)] = 2
+        out[(dark <= cfg.context_distance) & (bright > far)] = 0
+        return out
+
+    @staticmethod
+    def nearest(tree: cKDTree | None, centres: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Distance from each voxel of ``idx`` to the nearest of ``centres`` (inf if none)."""
+        if tree is None:
+            return np.full(len(idx), np.inf)
+        _, i = tree.query(idx)
+        return np.sqrt(np.sum(np.square(idx - centres[i]), axis=1))
 
     def render(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg, g = self.cfg, self.geometry
@@ -117,7 +152,7 @@ class _Scene:
         rim = np.clip(1 - sdf, 0, 1)
         value = np.where(inside, tube, body + rim * (tube - body))
         del body, tube, rim, sdf
-        if self.marker_tree is not None:
+        if len(self.geometry.markers):
             self.add_markers(value, z0, z1)
         noise = np.empty(value.shape, np.float32)
         for i, z in enumerate(range(z0, z1)):
@@ -134,9 +169,10 @@ class _Scene:
         return image, label, tube_ids
 
     def add_markers(self, value: np.ndarray, z0: int, z1: int) -> None:
-        """Paint the markers over ``value``: flat ``marker_level`` inside, blended in a rim."""
-        r, level = self.cfg.marker_r, np.float32(self.cfg.marker_level)
-        for c in self.geometry.markers:
+        """Paint the markers over ``value``: flat at their level inside, blended in a rim."""
+        r, g = self.cfg.marker_r, self.geometry
+        for c, cue in zip(g.markers, g.cues, strict=True):
+            level = np.float32(self.cfg.marker_level if cue else self.cfg.dark_marker_level)
             lo = np.maximum(np.floor(c - r - 1).astype(int), (z0, 0, 0))
             hi = np.minimum(np.ceil(c + r + 1).astype(int) + 1, (z1, *value.shape[1:]))
             if np.any(lo >= hi):
@@ -148,18 +184,14 @@ class _Scene:
             box += weight * (level - box)
 
     def context_label(self, tube_ids: np.ndarray, z0: int) -> np.ndarray:
-        """Context mode's labels: the mid-gut is 1; a voxel of a thin tube is 2 iff the
-        Euclidean distance from the voxel to the nearest marker centre is <= D; all else 0."""
+        """Context mode's labels: the mid-gut is 1; a voxel of a thin tube is 2 iff a bright
+        marker's centre lies within D of it (a dark one's then lies beyond (1 + margin) D);
+        all else 0."""
         label = (tube_ids == 1).astype(np.uint8)
         thin = np.isin(tube_ids, self.context_ids)
-        if self.marker_tree is None or not thin.any():
+        if not thin.any():
             return label
-        idx = np.argwhere(thin)
-        idx[:, 0] += z0
-        _, nearest = self.marker_tree.query(idx)
-        # Exact arithmetic: centres and voxels are whole numbers, as in a distance transform.
-        dist = np.sqrt(np.sum(np.square(idx - self.geometry.markers[nearest]), axis=1))
-        label[thin] = np.where(dist <= self.cfg.context_distance, 2, 0)
+        label[thin] = self.thin_class(np.argwhere(thin), z0)  # never -1: those were cut
         return label
 
 
