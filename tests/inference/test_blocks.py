@@ -15,7 +15,7 @@ from meunet.cli.main import main
 from meunet.data.io import open_volume, write_volume
 from meunet.data.io.ownership import make_folder
 from meunet.errors import MeunetError
-from meunet.inference.blocks import FAULT_ENV, plan_blocks, predict_dask
+from meunet.inference.blocks import plan_blocks, predict_dask
 from meunet.inference.stream import predict_volume
 from meunet.models import create_model, load_model, save_model
 
@@ -88,13 +88,33 @@ def test_two_workers_equal_one_process_bit_for_bit(
 def test_a_block_whose_worker_dies_is_retried(case: dict, client: object, tmp_path: Path) -> None:
     fault = tmp_path / "kill-block"
     fault.write_text("2")  # the first worker to run block 2 exits at once
-    # in every worker process (a bound method of os.environ would be pickled as a copy)
-    client.run(lambda: os.environ.update({FAULT_ENV: str(fault)}))  # type: ignore[attr-defined]
+
+    def install(path: str) -> None:  # runs in every worker process (pickled by value)
+        from meunet.inference import stream
+
+        real = stream.predict_volume
+
+        def dying(model: object, inputs: object, output: object, *a: object, **k: object) -> object:
+            f = Path(path)
+            if f.is_file() and Path(str(output)).name == f"block{int(f.read_text()):05d}.zarr":
+                f.unlink()  # the retry runs normally
+                os._exit(1)  # die like a worker killed by the OOM killer or a lost node
+            return real(model, inputs, output, *a, **k)  # type: ignore[arg-type]
+
+        dying.__wrapped__ = real  # type: ignore[attr-defined]
+        stream.predict_volume = dying  # type: ignore[assignment]
+
+    def uninstall() -> None:
+        from meunet.inference import stream
+
+        stream.predict_volume = getattr(stream.predict_volume, "__wrapped__", stream.predict_volume)
+
+    client.run(install, str(fault))  # type: ignore[attr-defined]
     try:
         out = predict_dask(case["model"], [case["c0"], case["c1"]], tmp_path / "out.zarr", client,
                            block_depth=16, progress=False)  # fmt: skip
     finally:
-        client.run(lambda: os.environ.pop(FAULT_ENV, None))  # type: ignore[attr-defined]
+        client.run(uninstall)  # type: ignore[attr-defined]
     assert not fault.exists()  # the fault fired: a worker died inside block 2
     np.testing.assert_array_equal(_read(out), _read(case["vote"]))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,25 +38,17 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from meunet.data.identity import volume_identity
 from meunet.data.io import detect_format, open_volume, split_hdf5_path, write_volume
-from meunet.data.io.ownership import (
-    claim_output,
-    is_owned,
-    make_folder,
-    prepare_output,
-    remove_owned,
-)
-from meunet.data.io.zarr_io import WRITE_EVERY_CHUNK, geometry_attributes
+from meunet.data.io.ownership import claim_output, make_folder, prepare_output, remove_owned
+from meunet.data.io.zarr_io import WRITE_EVERY_CHUNK
+from meunet.data.patch_size import compact, format_patch, patch_shape
 from meunet.data.sampling import channel_stats
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.sliding import check_windows
+from meunet.inference.engine import check_windows, resolve_precision
+from meunet.inference.sinks import ZarrSink, open_output, signature
 
 CONNECT_TIMEOUT = "30s"  # how long to wait for a scheduler to answer
-FAULT_ENV = (
-    "MEUNET_FAULT_KILL_BLOCK"  # tests: a file naming a block whose first run kills its worker
-)
 
 
 def z_view(vol: Volume, z0: int, z1: int) -> Volume:
@@ -104,20 +95,6 @@ def plan_blocks(depth: int, patch: int, step: int, core: int) -> list[tuple[int,
     return out
 
 
-def _signature(
-    checkpoint: str, inputs: Sequence[str], extra: Sequence[str], settings: dict[str, Any]
-) -> str:
-    """What makes two runs the same prediction (for resuming).
-
-    The checkpoint's bytes, the settings, and each input's path and content
-    identity (:func:`~meunet.data.identity.volume_identity`).
-    """
-    h = hashlib.sha256(Path(checkpoint).read_bytes())
-    ids = [volume_identity(open_volume(p)) for p in [*inputs, *extra]]
-    h.update(json.dumps([list(inputs), list(extra), ids, settings], sort_keys=True).encode())
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=4)
 def _model(checkpoint: str, device: str, mtime: float) -> Any:
     """One copy of the network per worker process (``mtime``: reload a changed file)."""
@@ -143,10 +120,6 @@ def predict_block(
     done = work / f"block{index:05d}.done"
     if done.exists():
         return index
-    fault = os.environ.get(FAULT_ENV)
-    if fault and Path(fault).is_file() and Path(fault).read_text().strip() == str(index):
-        Path(fault).unlink()  # the retry runs normally
-        os._exit(1)  # die like a worker killed by the OOM killer or a lost node
     device = settings["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,7 +130,7 @@ def predict_block(
     part = work / f"block{index:05d}.zarr"  # resumable on its own if the worker dies mid-block
     predict_volume(
         model, vols, part, settings["patch"], maps, settings["fusion"], settings["batch"],
-        device, False, settings["overlap"], stats=stats,
+        device, False, settings["overlap"], stats=stats, precision=settings["precision"],
     )  # fmt: skip
     labels = np.asarray(zarr.open_array(str(part), mode="r")[c0 - r0 : c1 - r0])
     zarr.open_array(output, mode="r+").with_config(WRITE_EVERY_CHUNK)[c0:c1] = labels
@@ -212,12 +185,13 @@ def predict_dask(
     patch: int = 0,
     extra: Sequence[str | Path] = (),
     fusion: str = "vote",
-    batch_size: int = 2,
+    batch_size: int | str = 2,
     device: str = "auto",
     overlap: float = 0.5,
     block_depth: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    precision: str = "auto",
 ) -> Path:
     """Predict ``inputs`` blockwise on ``client``'s workers into ``output`` (Zarr, or any format at the end).
 
@@ -225,14 +199,16 @@ def predict_dask(
     file system or object store); convert gzip NIfTI/NRRD to Zarr first.
     ``patch`` is the window side; 0 takes the checkpoint's ``infer_patch``.
     The checkpoint and inputs are checked before the output is claimed, as
-    :func:`~meunet.inference.stream.predict_volume` claims it.
+    :func:`~meunet.inference.stream.predict_volume` claims it. ``precision``
+    and ``batch_size="auto"`` are resolved on each worker, for its device (an
+    automatic batch may then differ between GPUs of different memory).
     """
     from meunet.models import load_checkpoint
     from meunet.training.config import checkpoint_window
 
     checkpoint = str(checkpoint)
     ckpt = load_checkpoint(checkpoint)  # a bad checkpoint fails here, before any output exists
-    patch = patch or checkpoint_window(ckpt)
+    patch = compact(patch) if patch else checkpoint_window(ckpt)  # a side, or (z, y, x) sides
     vols = [open_volume(p) for p in inputs]
     for v in vols:
         if not v.lazy:
@@ -242,21 +218,28 @@ def predict_dask(
             )
     shape = vols[0].shape
     step = check_windows(patch, fusion, batch_size, overlap)
-    if patch < 16 or patch % 2:
-        raise MeunetError(f"window side must be an even number >= 16, got {patch}")
+    resolve_precision(precision, "cpu")  # an unknown precision is refused here
+    if any(p < 16 or p % 2 for p in patch_shape(patch)):
+        raise MeunetError(
+            f"window side must be an even number >= 16, got {patch}"
+            if isinstance(patch, int)
+            else f"window sides must be even numbers >= 16, got {format_patch(patch)}"
+        )
     if block_depth < 0:
         raise MeunetError(
             f"block depth must be >= 0 (0: about 4 blocks per worker), got {block_depth}"
         )
     workers = max(1, len(client.scheduler_info().get("workers", {})))
+    pz, sz = patch_shape(patch)[0], patch_shape(step)[0]  # blocks are cut along z
     if not block_depth:  # about four blocks per worker, each at least a window deep
-        block_depth = max(patch, -(-shape[0] // (4 * workers)))
-    block_depth = -(-block_depth // step) * step
-    blocks = plan_blocks(shape[0], patch, step, block_depth)
+        block_depth = max(pz, -(-shape[0] // (4 * workers)))
+    block_depth = -(-block_depth // sz) * sz
+    blocks = plan_blocks(shape[0], pz, sz, block_depth)
     settings = {"patch": patch, "fusion": fusion, "batch": batch_size, "overlap": overlap,
-                "device": device, "block_depth": block_depth}  # fmt: skip
+                "device": device, "block_depth": block_depth, "precision": precision}  # fmt: skip
     ins, ext = [str(Path(p).resolve()) for p in inputs], [str(Path(p).resolve()) for p in extra]
-    signature = _signature(checkpoint, ins, ext, settings)
+    weights = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    sig = signature(weights, [open_volume(p) for p in ins], [open_volume(p) for p in ext], settings)
 
     output = str(output)
     fmt = detect_format(output, must_exist=False)
@@ -268,7 +251,9 @@ def predict_dask(
     with claim_output(output, sources, overwrite, command="predict"):
         if store != str(Path(output).resolve()):
             prepare_output(store, sources, overwrite, folder=True)  # the work store
-        arr = _open_output(store, shape, block_depth, vols[0], signature, work)
+        # z-chunks divide every block's core, so no two blocks ever write one chunk
+        zc = max(d for d in range(1, min(block_depth, 64) + 1) if block_depth % d == 0)
+        arr, _ = open_output(store, shape, zc, vols[0], sig, work)
         # a fresh key per run: never a result cached from another output
         run = uuid.uuid4().hex[:12]
         todo = [i for i in range(len(blocks)) if not (work / f"block{i:05d}.done").exists()]
@@ -286,12 +271,7 @@ def predict_dask(
             for future in as_completed(futures):
                 future.result()  # a block that failed after its retries raises here
                 bar.update(1)
-        arr.attrs["meunet"] = {
-            "complete": True,
-            "every_chunk": True,
-            "done_until": shape[0],
-            "signature": signature,
-        }
+        ZarrSink(arr, sig).close()  # every block is in
         remove_owned(work)
         if fmt != "zarr":
             write_volume(
@@ -299,33 +279,6 @@ def predict_dask(
             )
             remove_owned(store)
         return Path(output)
-
-
-def _open_output(
-    path: str, shape: tuple[int, int, int], core: int, like: Volume, signature: str, work: Path
-) -> Any:
-    """The output array; kept (with its finished-block markers) only for the same prediction."""
-    if os.path.isdir(path) and is_owned(path):  # predict_dask refused any other
-        try:
-            arr = zarr.open_array(path, mode="r+")
-            if dict(arr.attrs).get("meunet", {}).get("signature") == signature:
-                make_folder(work, "predict")
-                return arr
-        except Exception:  # another prediction's, or damaged: start again
-            pass
-    remove_owned(path)
-    remove_owned(work)
-    make_folder(path, "predict")
-    make_folder(work, "predict")
-    # z-chunks divide every block's core, so no two blocks ever write one chunk
-    zc = max(d for d in range(1, min(core, 64) + 1) if core % d == 0)
-    chunks = (zc, min(128, shape[1]), min(128, shape[2]))
-    return zarr.create_array(
-        path, shape=shape, chunks=chunks, dtype="uint8", dimension_names=("z", "y", "x"),
-        config=WRITE_EVERY_CHUNK,
-        attributes={**geometry_attributes(**like.geometry()),
-                    "meunet": {"complete": False, "signature": signature}},
-    )  # fmt: skip
 
 
 def predict_cascade_dask(
@@ -351,6 +304,7 @@ def predict_cascade_dask(
         )
     settings = (kw.get("fusion", "vote"), kw.get("batch_size", 2), kw.get("overlap", 0.5))
     check_windows(stage2["infer_patch"], *settings)  # before anything is written
+    resolve_precision(kw.get("precision", "auto"), "cpu")
     for entry in (*stage1, stage2):
         load_checkpoint(manifest.parent / entry["checkpoint"])
     vols = [open_volume(p) for p in inputs]

@@ -17,11 +17,12 @@ import torch
 
 from meunet.data.io import open_volume, split_hdf5_path, write_volume
 from meunet.data.io.ownership import claim_output, make_folder, remove_owned
+from meunet.data.patch_size import PatchSize
 from meunet.data.resample import downsample_image, upsample_labels
 from meunet.data.sampling import channel_stats
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.sliding import check_windows
+from meunet.inference.engine import check_windows, resolve_precision
 from meunet.inference.stream import predict_volume
 from meunet.models import UNet3D, load_model
 
@@ -30,14 +31,15 @@ def predict_branch(
     model: UNet3D,
     inputs: list[Volume],
     target: str | Path,
-    patch: int,
+    patch: PatchSize,
     downsample: int = 1,
     fusion: str = "vote",
-    batch_size: int = 2,
+    batch_size: int | str = 2,
     device: str | torch.device = "cpu",
     progress: bool = True,
     overlap: float = 0.5,
     stats: list[tuple[float, float]] | None = None,
+    precision: str = "auto",
 ) -> Volume:
     """Stage-1 labels of one volume, at its own resolution, written to ``target`` (Zarr).
 
@@ -46,12 +48,16 @@ def predict_branch(
     (``downsample > 1``) predicts on a downsampled copy of the inputs (made in
     memory) and upsamples its labels by nearest neighbour. ``stats``: the
     inputs' (mean, sd), when already known (used at full resolution only).
+    ``precision`` and ``batch_size="auto"``: as for
+    :func:`~meunet.inference.stream.predict_volume`.
     """
     check_windows(patch, fusion, batch_size, overlap)  # before the downsampled copy is written
+    resolve_precision(precision, device)
     if downsample == 1:
         predict_volume(
-            model, inputs, target, patch, (), fusion, batch_size, device, progress, overlap, stats
-        )
+            model, inputs, target, patch, (), fusion, batch_size, device, progress, overlap, stats,
+            precision=precision,
+        )  # fmt: skip
         return open_volume(target)
     small = make_folder(f"{target}.x{downsample}", "predict")
     vols = []
@@ -59,7 +65,8 @@ def predict_branch(
         write_volume(small / f"c{c}.zarr", downsample_image(vol[...], downsample))
         vols.append(open_volume(small / f"c{c}.zarr"))
     pred = small / "pred.zarr"
-    predict_volume(model, vols, pred, patch, (), fusion, batch_size, device, progress, overlap)
+    predict_volume(model, vols, pred, patch, (), fusion, batch_size, device, progress, overlap,
+                   precision=precision)  # fmt: skip
     labels = upsample_labels(np.asarray(open_volume(pred)[...]), downsample, inputs[0].shape)
     write_volume(target, labels, **inputs[0].geometry())
     remove_owned(small)
@@ -90,21 +97,24 @@ def predict_cascade(
     inputs: list[Volume],
     output: str | Path,
     fusion: str = "vote",
-    batch_size: int = 2,
+    batch_size: int | str = 2,
     device: str | torch.device = "cpu",
     progress: bool = True,
     overlap: float = 0.5,
     overwrite: bool = False,
+    precision: str = "auto",
 ) -> Path:
     """Run every stage-1 branch, then stage 2, on one (possibly larger than RAM) volume.
 
     Every network and input is loaded and checked before anything is written;
     the output is claimed as :func:`~meunet.inference.stream.predict_volume`
-    claims it (``overwrite``: replace a path meunet did not write).
+    claims it (``overwrite``: replace a path meunet did not write). ``precision``
+    and ``batch_size="auto"``: as for :func:`~meunet.inference.stream.predict_volume`.
     """
     manifest = Path(manifest)
     stage1, stage2 = read_manifest(manifest)
     check_windows(stage2["infer_patch"], fusion, batch_size, overlap)  # before anything is written
+    resolve_precision(precision, device)
     root = manifest.parent
     models = [load_model(root / b["checkpoint"], map_location=device) for b in stage1]
     final = load_model(root / stage2["checkpoint"], map_location=device)
@@ -116,14 +126,12 @@ def predict_cascade(
         for i, (branch, model) in enumerate(zip(stage1, models, strict=True)):
             target = work / f"branch{i}.zarr"
             factor = int(branch.get("downsample", 1))
-            args = (fusion, batch_size, device, progress, overlap)
-            maps.append(
-                predict_branch(model, inputs, target, branch["infer_patch"], factor, *args, stats)
-            )
+            args = (fusion, batch_size, device, progress, overlap, stats, precision)
+            maps.append(predict_branch(model, inputs, target, branch["infer_patch"], factor, *args))
         window = stage2["infer_patch"]
         out = predict_volume(
             final, inputs, output, window, maps, fusion, batch_size, device, progress, overlap,
-            stats, overwrite,
+            stats, overwrite, precision,
         )  # fmt: skip
         remove_owned(work)
     return out
