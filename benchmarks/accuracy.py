@@ -20,9 +20,10 @@ This benchmark answers it under one protocol:
   patch whose measured training step fits meU-net k = 1.75's measured peak;
   ``unet-wide`` (the context phantom only) trains at a patch covering 2D, more
   memory than the budget, to show the task can be learnt at all.
-- **Datasets.** ``context``: the phantom whose thin tubes are hind-gut only
-  within D voxels of a marker, with P/2 < D < E/2 (a window of P centred on a
-  voxel cannot see the cue, one of E can); ``phantom``: the classic phantom;
+- **Datasets.** ``context``: the phantom whose thin tubes are hind-gut within
+  D voxels of a bright marker and background within D of a dark one, with
+  P/2 < D < E/2 (a window of P centred on a voxel cannot see the cue, one of E
+  can); ``phantom``: the classic phantom;
   ``brats4``: four BRATS volumes, 2 train / 2 test both ways.
 - **Statistics.** Paired differences over (seed, test case), 3 seeds (fresh
   data and initialisation each) x 2 test cases; a 95 % bootstrap confidence
@@ -56,18 +57,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from meunet.data.io import open_volume
+import meunet
+from meunet.data.io.atomic import atomic_path
 from meunet.data.phantom import make_phantom_dataset
 from meunet.data.resample import downsampled_dataset
 from meunet.data.spec import DatasetSpec, load_spec
-from meunet.inference.stream import predict_volume
 from meunet.memory import MemoryConfig, measure
 from meunet.memory.plan import plan_patch
-from meunet.metrics.evaluate import evaluate_case
-from meunet.models import load_model
-from meunet.training.cascade import stage1_configs, train_cascade
+from meunet.training.cascade import stage1_configs, stage2_config
 from meunet.training.config import TrainConfig, override
-from meunet.training.loop import resolve_device, train
+from meunet.training.run import CascadeRun, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -84,11 +83,11 @@ SIZES: dict[str, dict[str, Any]] = {
     # what two CPU cores allow
     "cpu": {
         "train": TrainConfig(
-            encoder_channels=(8, 16, 16, 32, 32), decoder_channels=(16, 16, 8, 8), patch=32,
-            batch=4, lr=3e-3, epochs=150, patience=30, patches_per_epoch=48, bg_keep=0.1,
+            encoder_channels=(16, 32, 32, 64, 64), decoder_channels=(32, 32, 16, 16), patch=32,
+            batch=4, lr=1e-3, epochs=150, patience=30, patches_per_epoch=48, bg_keep=0.1,
             device="cpu", amp=False,
         ),
-        "phantom_shape": (128, 96, 96), "context": 22.0, "wide_patch": 48,
+        "phantom_shape": (128, 96, 96), "context": 22.0, "wide_patch": 48, "cases": 16,
         "seeds": (0, 1, 2), "brats_factor": 2,
         "configs": CONFIGS,
     },
@@ -224,9 +223,9 @@ def memory_plan(
 # ----------------------------------------------------------------------------- one run
 
 
-def training_record(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
+def training_record(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     """Steps run, epochs, best epoch and seconds of a finished training, read from its log."""
-    with (folder / "log.csv").open() as f:
+    with run.log.open() as f:
         rows = list(csv.DictReader(f))
     dice_cols = [c for c in rows[0] if c.startswith("dice_")][1:]  # without background
 
@@ -249,7 +248,7 @@ def training_record(folder: Path, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-class Run:
+class Experiment:
     """One dataset and seed: trains configurations and scores them, caching everything."""
 
     def __init__(
@@ -258,7 +257,6 @@ class Run:
     ) -> None:  # fmt: skip
         self.name, self.spec, self.work, self.plan, self.wide = name, spec, work, plan, wide
         self.base = dataclasses.replace(base, seed=seed)
-        self.device = resolve_device(base.device)
         self.test = list(spec.split["test"])
         self.store = work / "scores.json"
         self.results: dict[str, Any] = (
@@ -266,15 +264,14 @@ class Run:
         )
 
     def save(self) -> None:
-        tmp = self.store.with_suffix(".json.partial")
-        tmp.write_text(json.dumps(self.results, indent=1))
-        tmp.replace(self.store)
+        with atomic_path(self.store) as tmp:
+            Path(tmp).write_text(json.dumps(self.results, indent=1))
 
-    def fit(self, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
-        if not (folder / "DONE").exists():
-            train(cfg, self.spec, folder, resume=(folder / "last.pt").exists(), progress=False)
-            (folder / "DONE").write_text("trained\n")
-        return training_record(folder, cfg)
+    def fit(self, cfg: TrainConfig, run: Run) -> dict[str, Any]:
+        if not run.finished:
+            meunet.train(cfg, self.spec, run.folder, resume=run.started, progress=False)
+            run.mark_done()
+        return training_record(run, cfg)
 
     def windows(self, own: int) -> dict[str, int]:
         w = windows_of(self.base)
@@ -282,10 +279,15 @@ class Run:
         return w
 
     def score(
-        self, config: str, checkpoint: Path, own: int, maps: list[str] | None = None
+        self, config: str, checkpoint: Path, own: int, maps: list[Path] | None = None
     ) -> dict[str, Any]:
-        """Test-case scores of one network at each inference window (predictions cached)."""
-        model = load_model(checkpoint, map_location=self.device)
+        """Test-case scores of one network at each inference window (predictions cached).
+
+        ``maps``: the stage-1 prediction folders of a stage-2 network (one per branch).
+        """
+        options = meunet.PredictOptions(
+            batch_size=self.base.batch, device=self.base.device, progress=False
+        )
         out: dict[str, Any] = {}
         for key, window in self.windows(own).items():
             per_case = {}
@@ -295,16 +297,15 @@ class Run:
                 cached = json.loads(scored.read_text()) if scored.exists() else {}
                 if "voxels_pred" not in cached:  # scores of earlier versions lack the counts
                     if not cached:  # else the finished prediction is on disk
-                        inputs = [open_volume(p) for p in self.spec.cases[cid].images]
-                        extra = [open_volume(m.format(cid=cid)) for m in maps or []]
-                        predict_volume(
-                            model, inputs, target, window, extra, "vote", self.base.batch,
-                            self.device, False,
+                        stage1 = tuple(folder / f"{cid}.zarr" for folder in maps or [])
+                        meunet.predict(
+                            checkpoint, self.spec.cases[cid].images, target,
+                            options=options.with_(patch=window, stage1=stage1),
                         )  # fmt: skip
-                    s = evaluate_case(
-                        open_volume(target), open_volume(self.spec.cases[cid].label),
-                        self.spec.num_classes, self.spec.remap_labels,
-                    )  # fmt: skip
+                    label = self.spec.cases[cid].label
+                    s = meunet.evaluate(target, label, data=self.spec).results[
+                        target.name.split(".")[0]
+                    ]
                     scored.write_text(json.dumps({
                         "dice": [c.dice for c in s], "hd95": [c.hd95 for c in s],
                         "voxels_pred": [c.voxels_pred for c in s],
@@ -336,36 +337,35 @@ class Run:
             return True
         t0 = time.perf_counter()
         base, mem = self.base, self.plan["bytes"]
-        stage1 = self.work / "post" / "stage1"
+        post = CascadeRun(self.work / "post")
         if config in ("unet", "unet-P", "unet-wide"):
             patch = {"unet": self.plan["unet_patch"], "unet-P": base.patch, "unet-wide": self.wide}
             cfg = dataclasses.replace(base, model="unet", patch=patch[config], infer_patch=0)
-            record = self.fit(cfg, self.work / config)
-            scores = self.score(config, self.work / config / "best.pt", cfg.window)
+            run = Run(self.work / config)
+            record = self.fit(cfg, run)
+            scores = self.score(config, run.best, cfg.window)
             memory = mem[config]
-        elif config.startswith("meunet"):
+        elif config in stage1_configs("post", base):  # a meU-net: a branch of the post cascade
             cfg = stage1_configs("post", base)[config]
-            record = self.fit(cfg, stage1 / config)
-            scores = self.score(config, stage1 / config / "best.pt", cfg.window)
+            run = post.branch(config)
+            post.claim("train-cascade")  # the cascade that later reuses this branch adopts it
+            record = self.fit(cfg, run)
+            scores = self.score(config, run.best, cfg.window)
             memory = mem[config]
         else:
             mode = config.split("-")[1]
-            if mode == "pre" and not (self.work / "pre" / "stage1").exists():
-                (self.work / "pre").mkdir(parents=True, exist_ok=True)  # shares post's stage 1
-                (self.work / "pre" / "stage1").symlink_to(stage1.resolve())
-            train_cascade(self.spec, self.work / mode, mode, base, progress=False)
-            cfg = dataclasses.replace(base, model=f"cascade-{'post' if mode == 'post' else 'pre'}")
-            record = training_record(self.work / mode / "stage2", cfg)
+            cascade = CascadeRun(self.work / mode)
+            if mode == "pre" and not cascade.stage1.exists():
+                cascade.claim("train-cascade")  # shares post's stage 1
+                cascade.stage1.symlink_to(post.stage1.resolve())
+            meunet.train_cascade(base, self.spec, cascade.folder, mode=mode, progress=False)
+            cfg = stage2_config(mode, base)
+            record = training_record(cascade.stage2, cfg)
             branches = stage1_configs(mode, base)
             for b, bcfg in branches.items():
-                record["seconds"] += training_record(self.work / mode / "stage1" / b, bcfg)[
-                    "seconds"
-                ]
-            maps = [
-                str(self.work / mode / "stage1" / b / "predictions" / "{cid}.zarr")
-                for b in branches
-            ]
-            scores = self.score(config, self.work / mode / "stage2" / "best.pt", cfg.window, maps)
+                record["seconds"] += training_record(cascade.branch(b), bcfg)["seconds"]
+            maps = [cascade.predictions(b) for b in branches]
+            scores = self.score(config, cascade.stage2.best, cfg.window, maps)
             stage1_mem = (
                 [mem["meunet-k150"], mem["meunet-k175"]] if mode != "lowres" else [mem["unet-P"]]
             )
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                 base, len(spec.channels), spec.num_classes, size["wide_patch"], every
             )
             key.write_text(json.dumps({**plan, "configs": every}))
-        runs.append(Run(name, seed, spec, work / name, base, plan, size["wide_patch"]))
+        runs.append(Experiment(name, seed, spec, work / name, base, plan, size["wide_patch"]))
         classes[name.split("-")[0]] = list(spec.classes)
 
     setup = [
@@ -615,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         "- Memory: measured peak of one training step (live tensor bytes on CPU, "
         "`torch.cuda.max_memory_allocated` on CUDA); a cascade's is its largest stage's.",
         f"- context: {size.get('cases', 8)} phantom cases of {size['phantom_shape']} per seed, "
-        f"thin tubes are hind-gut within D = {size['context']:g} voxels of a marker; phantom: "
+        f"thin tubes are hind-gut within D = {size['context']:g} voxels of a bright marker, "
+        "background within D of a dark one; phantom: "
         "the classic phantom, hind-gut told by continuing the mid-gut. Per seed the last two "
         "cases are test, the one before validation. HD95 in micrometres.",
         f"- brats4: 3 classes (background, edema, tumour core), downsampled by {size['brats_factor']} "

@@ -80,3 +80,23 @@ def test_brightness_baseline_is_the_dice_of_calling_every_bright_voxel_that_clas
         expected = 2 * (bright & (label == c)).sum() / (bright.sum() + (label == c).sum())
         assert dice[c] == pytest.approx(expected)
     assert np.isnan(dice[0]) and 0 < dice[2] < dice[1] < 1  # the thin class is the hard one
+
+
+def test_context_option_makes_the_context_phantom(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meunet.demo
+
+    # Another cue distance in a finished demo's folder is another setting: refused.
+    assert main(["demo", "--out", str(demo), *TINY, "--context", "12", "--quiet"]) == 2
+    seen = {}
+
+    def phantom_then_stop(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before training: only the dataset is under test
+
+    monkeypatch.setattr(meunet.demo, "make_phantom_dataset", phantom_then_stop)
+    out = tmp_path / "ctx"
+    assert main(["demo", "--out", str(out), *TINY, "--context", "12", "--quiet"]) == 130
+    assert seen["context_distance"] == 12.0
+    assert json.loads((out / "demo.json").read_text())["phantom"]["context"] == 12.0

@@ -1,6 +1,8 @@
 """meunet: memory-efficient segmentation of very large 3D images.
 
     >>> import meunet
+    >>> best = meunet.train("configs/cpu/meunet.yaml", "dataset.yaml", "runs/m")  # doctest: +SKIP
+    >>> meunet.predict(best, "scan.zarr", "labels.zarr")                          # doctest: +SKIP
     >>> vol = meunet.open_volume("scan.zarr")      # doctest: +SKIP
     >>> spec = meunet.load_spec("dataset.yaml")    # doctest: +SKIP
     >>> net = meunet.create_model("meunet")        # doctest: +SKIP
@@ -17,9 +19,20 @@ from typing import Any
 __version__ = "0.1.0"
 
 _WHERE = {
+    "train": "meunet.api",
+    "train_cascade": "meunet.api",
+    "predict": "meunet.api",
+    "evaluate": "meunet.api",
+    "PredictOptions": "meunet.api",
+    "Evaluation": "meunet.api",
+    "TrainConfig": "meunet.training.config",
+    "load_config": "meunet.training.config",
+    "Run": "meunet.training.run",
+    "CascadeRun": "meunet.training.run",
     "DatasetSpec": "meunet.data.spec",
     "load_spec": "meunet.data.spec",
     "check_dataset": "meunet.data.check",
+    "make_phantom_dataset": "meunet.data.phantom",
     "convert": "meunet.data.convert",
     "resample_volume": "meunet.data.resample",
     "ZarrSlabWriter": "meunet.data.io",

@@ -23,11 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from meunet.data.io import open_volume
+from meunet.data.io.atomic import atomic_path
 from meunet.data.io.ownership import OutputLock, make_folder
+from meunet.data.patch_size import format_patch
 from meunet.data.phantom import PhantomConfig, make_phantom_dataset
 from meunet.data.spec import DatasetSpec, load_spec
 from meunet.errors import MeunetError
 from meunet.training.config import TrainConfig
+from meunet.training.run import CascadeRun
 
 # CPU-sized: small channels, 32^3 standard patches (48^3 / 64^3 expanded), a
 # fixed number of epochs of 32 patches each; the paper's loss, sampler and fusion.
@@ -73,31 +76,38 @@ def run_demo(
     shape: Sequence[int] = DEMO_PHANTOM["shape"],  # type: ignore[assignment]
     seed: int = DEMO_PHANTOM["seed"],  # type: ignore[assignment]
     progress: bool = True,
+    context: float = 0.0,
 ) -> Path:
     """Run the demo into ``out_dir``; return the path of ``report.md``.
 
     ``out_dir`` is a new or empty folder, or a demo folder meunet made (a
-    rerun resumes it); it is locked while the demo runs.
+    rerun resumes it); it is locked while the demo runs. ``context`` > 0
+    uses the context phantom with the cue at that distance (voxels).
     """
     with OutputLock(out_dir, "demo"):
         make_folder(out_dir, "demo")
-        return _run_demo(Path(out_dir), config, cases, shape, seed, progress)
+        return _run_demo(Path(out_dir), config, cases, shape, seed, progress, context)
 
 
 def _run_demo(
-    out: Path, config: TrainConfig, cases: int, shape: Sequence[int], seed: int, progress: bool
+    out: Path,
+    config: TrainConfig,
+    cases: int,
+    shape: Sequence[int],
+    seed: int,
+    progress: bool,
+    context: float,
 ) -> Path:
+    from meunet.api import PredictOptions, evaluate, predict, train_cascade
     from meunet.data.check import check_dataset
-    from meunet.inference.cascade import predict_cascade
-    from meunet.metrics.evaluate import evaluate_case, summary_table
-    from meunet.training.cascade import train_cascade
-    from meunet.training.loop import resolve_device
     from meunet.viz import overlay_png
 
     settings = {
         "config": config.to_dict(),
         "phantom": {"cases": int(cases), "shape": list(shape), "seed": int(seed)},
     }
+    if context:  # absent for the classic phantom, so older demo folders still resume
+        settings["phantom"]["context"] = float(context)
     stamp = out / "demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         raise MeunetError(
@@ -113,7 +123,9 @@ def _run_demo(
         say(f"[1/6] phantom: {cases} cases of {tuple(shape)} voxels -> {data.parent}")
         clock.run(
             "phantom",
-            lambda: make_phantom_dataset(data.parent, cases, tuple(shape), seed, progress=progress),
+            lambda: make_phantom_dataset(
+                data.parent, cases, tuple(shape), seed, progress=progress, context_distance=context
+            ),
         )
     spec = load_spec(data)
     say("[2/6] check the dataset")
@@ -123,45 +135,44 @@ def _run_demo(
         raise MeunetError(f"{data}: the phantom failed its check:\n{problems}")
 
     say("[3/6] train the cascade: stage-1 meU-nets (k = 1.5, 1.75), then stage 2 (post)")
-    cascade = out / "cascade"
-    clock.run("train cascade", lambda: train_cascade(spec, cascade, "post", config, progress))
+    cascade = CascadeRun(out / "cascade")
+    manifest = clock.run(
+        "train cascade",
+        lambda: train_cascade(config, spec, cascade.folder, mode="post", progress=progress),
+    )
 
-    device = resolve_device(config.device)
     test_ids = list(spec.split.get("test", ()))
     preds = out / "predictions"
     preds.mkdir(exist_ok=True)
-    say(f"[4/6] predict the test cases {test_ids} with {cascade / 'cascade.json'}")
+    say(f"[4/6] predict the test cases {test_ids} with {manifest}")
+    options = PredictOptions(batch_size=config.batch, device=config.device, progress=progress)
 
     def predict_all() -> None:
         for cid in test_ids:
             target = preds / f"{cid}.zarr"
-            if target.exists():
-                continue
-            inputs = [open_volume(p) for p in spec.cases[cid].images]
-            predict_cascade(
-                cascade / "cascade.json", inputs, target, "vote", config.batch, device, progress
-            )
+            if not target.exists():
+                predict(manifest, spec.cases[cid].images, target, options=options)
 
     clock.run("predict", predict_all)
 
     say("[5/6] evaluate and draw overlays")
-    n = spec.num_classes
-    results, branch_results, trivial = {}, {}, {}
+    scored = evaluate(preds, data=spec, split="test")
+    results = scored.results
+    branch_results = {
+        name: evaluate(cascade.predictions(name), data=spec, split="test").results
+        for name in ("meunet-k150", "meunet-k175")
+    }
+    trivial = {}
     for cid in test_ids:
-        truth = open_volume(spec.cases[cid].label)  # type: ignore[arg-type]
-        results[cid] = evaluate_case(open_volume(preds / f"{cid}.zarr"), truth, n)
-        for name in ("meunet-k150", "meunet-k175"):
-            p = cascade / "stage1" / name / "predictions" / f"{cid}.zarr"
-            branch_results.setdefault(name, {})[cid] = evaluate_case(open_volume(p), truth, n)
         trivial[cid] = brightness_baseline(spec, cid)
         overlay_png(
             open_volume(spec.cases[cid].images[0]),
             open_volume(preds / f"{cid}.zarr"),
             out / f"overlay_{cid}.png",
-            truth,
+            open_volume(spec.cases[cid].label),  # type: ignore[arg-type]
             names=list(spec.classes),
         )
-    _, table = summary_table(results, spec.classes)
+    table = scored.table
     clock.steps["total (this run)"] = round(time.perf_counter() - t_start, 1)
 
     say("[6/6] write the report")
@@ -228,8 +239,14 @@ def _write_report(
         f"- Data: the synthetic microCT phantom, {ph['cases']} cases of {ph['shape'][0]}x{ph['shape'][1]}x{ph['shape'][2]} "
         f"voxels (z, y, x), seed {ph['seed']}; split train {list(spec.split.get('train', ()))}, "
         f"val {list(spec.split.get('val', ()))}, test {list(spec.split.get('test', ()))}. "
-        "Mid-gut and hind-gut look the same locally; only context tells them apart.",
-        f"- Stage 1: two meU-nets, k = 1.5 and 1.75, standard patch {cfg.patch}^3, channels "
+        + (
+            f"The context phantom (`--context {ph['context']:g}`): a thin tube is hind-gut within "
+            f"{ph['context']:g} voxels of a bright marker and background within {ph['context']:g} "
+            "of a dark one."
+            if ph.get("context")
+            else "Mid-gut and hind-gut look the same locally; only context tells them apart."
+        ),
+        f"- Stage 1: two meU-nets, k = 1.5 and 1.75, standard patch {format_patch(cfg.patch)}, channels "
         f"{list(cfg.encoder_channels)} / {list(cfg.decoder_channels)}, batch {cfg.batch}, Adam lr {cfg.lr}, "
         f"{cfg.epochs} epochs of {cfg.patches_per_epoch} patches (roulette, background kept with p = {cfg.bg_keep}), "
         "best validation epoch kept.",
@@ -238,9 +255,8 @@ def _write_report(
         "each stage's `infer_patch` in cascade.json, step half a window, centre-weighted votes).",
         "- These are CPU demo sizes, far below the paper's (160^3 patches, 16-128 channels): the numbers show "
         "the pipeline works, not the paper's accuracy. Whether meU-net and the cascade beat a U-net of the same "
-        "memory is not settled at CPU sizes: on the context phantom (thin tubes are hind-gut only near a marker) "
-        "no network has yet learnt the cue, not even the U-net whose patch covers it, so the accuracy benchmark "
-        "(`benchmarks/results/accuracy.md`) neither supports nor refutes the paper's claim.",
+        "memory is not settled: the accuracy benchmark (`benchmarks/accuracy.py`) has not yet run its protocol "
+        "on the context phantom, so it neither supports nor refutes the paper's claim.",
         "",
         "## Test Dice, HD95 (micrometres) and relative volume difference",
         "",
@@ -267,8 +283,11 @@ def _write_report(
         + " |"
     )
     lines += ["", "## Training curves", ""]
-    for name in ("stage1/meunet-k150", "stage1/meunet-k175", "stage2"):
-        lines.append(f"### {name}\n\n![{name}](cascade/{name}/curves.png)\n")
+    cascade = CascadeRun(out / "cascade")
+    runs = [cascade.branch("meunet-k150"), cascade.branch("meunet-k175"), cascade.stage2]
+    for run in runs:
+        name = run.folder.relative_to(cascade.folder).as_posix()
+        lines.append(f"### {name}\n\n![{name}]({run.curves.relative_to(out).as_posix()})\n")
     lines += ["## Overlays (top: prediction, bottom: truth)", ""]
     for cid in results:
         lines.append(f"![{cid}](overlay_{cid}.png)\n")
@@ -276,7 +295,6 @@ def _write_report(
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines.append("")
     path = out / "report.md"
-    tmp = out / ".report.md.partial"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines))
     return path

@@ -16,6 +16,10 @@ class VolumeError(MeunetError):
     """A volume file is missing, unreadable, corrupt or of an unsupported kind."""
 
 
+class RegionError(VolumeError):
+    """A region (a case's ``bbox:``, a crop box) reaches outside its volume."""
+
+
 class FormatError(VolumeError):
     """A file or folder of a kind meunet does not read (or, for an output, write)."""
 

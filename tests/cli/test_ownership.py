@@ -195,32 +195,31 @@ def test_meunets_own_unfinished_output_is_resumed(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The partial marker still resumes: a run cut short goes on from where it stopped."""
-    from meunet.inference import stream
+    from meunet.inference import engine, stream
     from meunet.models import load_model
 
     scan, model = open_volume(work / "scan.zarr"), load_model(work / "m.pt")
-    real, rows = stream._shift_fill, []
+    real = engine.Channels.fill_slices
 
-    def dying(*a: object, **k: object) -> None:  # the second row of windows never comes
-        rows.append(1)
-        if len(rows) == 2:
+    def dying(self: engine.Channels, buf: np.ndarray, z0: int, z1: int) -> None:
+        if z0 >= 16:  # the second row of windows (z 8..24) never comes
             raise KeyboardInterrupt
-        real(*a, **k)  # type: ignore[arg-type]
+        real(self, buf, z0, z1)
 
-    monkeypatch.setattr(stream, "_shift_fill", dying)
+    monkeypatch.setattr(engine.Channels, "fill_slices", dying)
     with pytest.raises(KeyboardInterrupt):
         stream.predict_volume(model, [scan], work / "p.zarr", 16, progress=False)
-    monkeypatch.setattr(stream, "_shift_fill", real)
+    monkeypatch.setattr(engine.Channels, "fill_slices", real)
     state = json.loads((work / "p.zarr" / "zarr.json").read_text())["attributes"]["meunet"]
     assert state["complete"] is False and state["done_until"] > 0
     assert not list(work.glob(".*.lock"))  # the interrupted run released its lock
-    opened, real_open = [], stream._open_output
+    opened, real_open = [], stream.open_output
 
     def spy(*a: object, **k: object) -> tuple:
         opened.append(real_open(*a, **k))  # type: ignore[arg-type]
         return opened[-1]
 
-    monkeypatch.setattr(stream, "_open_output", spy)
+    monkeypatch.setattr(stream, "open_output", spy)
     stream.predict_volume(model, [scan], work / "p.zarr", 16, progress=False)
     assert opened[0][1] == state["done_until"]  # went on from there
     stream.predict_volume(model, [scan], work / "q.zarr", 16, progress=False)

@@ -184,3 +184,28 @@ def test_blocks_stay_bounded_on_huge_planes() -> None:
         crop = (dz * ratio[0] + pad) * (dy * ratio[1] + pad) * (dx * ratio[2] + pad)
         assert dy < shape[1] and crop * 8 < 150 << 20
     assert _block_shape((300, 100, 100), (1.0, 1.0, 1.0), 64) == (256, 100, 100)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nii.gz"])
+def test_resample_keeps_an_unknown_spacing_unknown(tmp_path: Path, suffix: str) -> None:
+    src = tmp_path / "stack.npy"
+    np.save(src, _smooth((8, 8, 8)))  # no sidecar: the spacing is unknown (1 assumed)
+    by_factor, to_spacing = tmp_path / f"f{suffix}", tmp_path / f"s{suffix}"
+    assert main(["resample", str(src), str(by_factor), "--factor", "2", "--quiet"]) == 0
+    assert main(["resample", str(src), str(to_spacing), "--spacing", "2", "2", "2", "--quiet"]) == 0
+    assert not open_volume(by_factor).spacing_known  # 2 x an assumed 1 is still assumed
+    assert open_volume(to_spacing).spacing_known  # a target spacing states the voxel size
+    known = tmp_path / "known.zarr"
+    write_volume(known, _smooth((8, 8, 8)), spacing=(3.0, 1.0, 1.0))
+    resample_volume(known, tmp_path / "k.zarr", factor=2, progress=False)
+    assert open_volume(tmp_path / "k.zarr").spacing_known
+
+
+def test_resample_labels_keeps_segment_names(tmp_path: Path) -> None:
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[2:6, 2:6, 2:6] = 4
+    write_volume(tmp_path / "l.zarr", labels, segments={4: "nucleus"})
+    resample_volume(
+        tmp_path / "l.zarr", tmp_path / "l2.nii.gz", factor=2, labels=True, progress=False
+    )
+    assert open_volume(tmp_path / "l2.nii.gz").meta["segments"][0]["name"] == "nucleus"

@@ -398,8 +398,9 @@ def test_a_patch_larger_than_every_volume_names_the_setting(
     assert str(info.value) == (
         "no training patch: each of the 2 candidate patches is at least 0.99 background "
         "(padding counts) and the roulette, keeping such a patch with probability bg_keep = 0, "
-        "kept none: the patch side 64 is larger than every training volume "
-        "(big (40, 24, 24), small (20, 24, 24)); lower the patch side to at most 24 (--set patch=24)"
+        "kept none: the patch 64^3 is larger than every training volume along an axis "
+        "(big (40, 24, 24), small (20, 24, 24)); lower the patch to at most 40x24x24 "
+        "(--set sampler.patch=[40,24,24]), or use patch: auto"
     )
     s = _sampler(data, bg_keep=0.0, bg_threshold=0.5)  # patches fit, but all count as background
     with pytest.raises(SettingError, match="kept none; raise bg_keep, or lower the patch side"):

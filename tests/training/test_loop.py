@@ -291,7 +291,7 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
 )
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model == {"meunet-k175": "meunet"}.get(name, name)
+    assert cfg.model == {"meunet-k175": "meunet", "lowres": "unet"}.get(name, name)
 
 
 @pytest.mark.parametrize("name", ["unet", "meunet", "cascade"])

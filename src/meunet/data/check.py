@@ -7,18 +7,19 @@ the file and the fix, so that one run lists everything to repair.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from meunet.data.io import open_volume
+from meunet.data.patch_size import PatchSize, fitting_patch, format_patch, patch_shape, thin_axes
 from meunet.data.spec import Case, DatasetSpec
 from meunet.data.volume import Volume
-from meunet.errors import FormatError, MeunetError
+from meunet.errors import FormatError, MeunetError, RegionError
 
 SPACING_RTOL = 1e-3
 T = TypeVar("T")
@@ -157,6 +158,8 @@ def _open_all(
 
 def _fix(error: MeunetError, repair: str) -> str:
     """The fix for a file that does not open: a format meunet does not read is not broken."""
+    if isinstance(error, RegionError):
+        return "correct the case's bbox in the spec to lie within the volume"
     if isinstance(error, FormatError):
         return "convert it to a format meunet reads, or correct its path in the spec"
     return repair
@@ -294,8 +297,18 @@ def _n_slabs(vols: Iterable[Volume]) -> int:
     return sum(-(-v.shape[0] // slab_depth(v.shape, v.dtype)) for v in vols)
 
 
-def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
-    """Validate every case of ``spec``; return summaries and all problems found."""
+def check_dataset(
+    spec: DatasetSpec,
+    progress: bool = True,
+    sizes: Mapping[str, PatchSize] | None = None,
+) -> CheckReport:
+    """Validate every case of ``spec``; return summaries and all problems found.
+
+    ``sizes`` names the patch sizes to compare each case with (e.g.
+    ``{"patch": 64, "expanded patch": 96}``, as :func:`training_sizes` gives
+    them; None: none). A case thinner than one along an axis gets a warning
+    naming the axis and a per-axis patch that fits.
+    """
     problems: list[Problem] = []
     summaries: list[CaseSummary] = []
     unknown: list[tuple[str, str]] = []  # (case, file) without a stored voxel size
@@ -348,4 +361,46 @@ def check_dataset(spec: DatasetSpec, progress: bool = True) -> CheckReport:
                     )
                 )
     warnings = [_unknown_spacing(spec, unknown)] if unknown else []
+    warnings += _thin_cases(summaries, sizes or {})
     return CheckReport(spec, summaries, problems, warnings)
+
+
+def training_sizes(cfg: Any) -> dict[str, PatchSize]:
+    """The sizes a :class:`~meunet.training.config.TrainConfig` trains and predicts with, by name.
+
+    What ``meunet check`` compares the cases with: the patch, a meU-net's
+    expanded patch, and an ``infer_patch`` window when one is set.
+    """
+    sizes = {"patch": cfg.patch, "expanded patch": cfg.expanded, "window": cfg.infer_patch}
+    return {what: size for what, size in sizes.items() if size}
+
+
+def _thin_cases(summaries: list[CaseSummary], sizes: Mapping[str, PatchSize]) -> list[Problem]:
+    """A warning for each case thinner than a patch size along an axis (it would be zero-padded)."""
+    out = []
+    patch = next(iter(sizes.values()), 0)
+    for s in summaries:
+        if s.shape is None:
+            continue
+        parts = [
+            f"the {what} {format_patch(size)} along "
+            + ", ".join(f"{axis} ({n} < {p})" for axis, n, p in thin)
+            for what, size in sizes.items()
+            if size and (thin := thin_axes(s.shape, size))
+        ]
+        if not parts:
+            continue
+        fit = fitting_patch([s.shape], patch) if patch else None
+        z, y, x = patch_shape(fit) if fit else (0, 0, 0)
+        out.append(
+            Problem(
+                s.id,
+                None,
+                f"{'x'.join(map(str, s.shape))} is thinner than "
+                + " and than ".join(parts)
+                + ", so the rest of each patch is zero padding",
+                f"use a per-axis patch that fits, e.g. sampler.patch: [{z}, {y}, {x}] (or "
+                "patch: auto, which follows the spacing)",
+            )
+        )
+    return out

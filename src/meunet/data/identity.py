@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from meunet.data.io import split_hdf5_path
+from meunet.data.io import split_hdf5_path, split_region
 from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume
 
@@ -39,9 +39,10 @@ def file_identity(path: str | Path) -> str | None:
     """Digest of the size and modification time of every file at ``path``; None if absent.
 
     ``path`` is a file or a folder (walked entirely, names relative to it);
-    ``file.h5:/dataset`` stands for ``file.h5``.
+    ``file.h5:/dataset`` stands for ``file.h5``, and a region
+    ``scan.zarr[0:20,0:64,0:64]`` for ``scan.zarr``.
     """
-    root = split_hdf5_path(str(path))[0].rstrip("/") or "/"
+    root = split_hdf5_path(split_region(str(path))[0])[0].rstrip("/") or "/"
     entries: list[tuple[str, int, int]] = []
     if os.path.isfile(root):
         st = os.stat(root)
@@ -96,12 +97,14 @@ def volume_identity(vol: Volume) -> dict[str, Any]:
 
     A finished meunet prediction is identified by its signature instead. A
     volume without files of its own (a view of part of another) has only the
-    sample checksum.
+    sample checksum; a region (``scan.zarr[0:20,0:64,0:64]``) adds its box.
     """
     sig = _meunet_signature(vol)
     if sig is not None:
         return {"meunet": sig}
-    return {"files": file_identity(vol.path), "sample": sample_checksum(vol)}
+    found = {"files": file_identity(vol.path), "sample": sample_checksum(vol)}
+    box = split_region(vol.path)[1]
+    return found if box is None else {**found, "region": [list(pair) for pair in box]}
 
 
 def dataset_identity(

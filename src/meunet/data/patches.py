@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meunet.data.io import open_volume
+from meunet.data.patch_size import PatchSize, Shape3, patch_shape
 from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume
 from meunet.errors import VolumeError
@@ -49,11 +50,11 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
 
     Item ``i`` is a dict of tensors:
 
-    - ``image``: float32 (channels, P, P, P), normalised per case and channel;
-    - ``label``: int64 (P, P, P) class indices;
-    - with an expanded side E: ``expanded_image`` float32 (channels, E, E, E)
-      with the same centre (corner ``start - (E - P) // 2``) and
-      ``expanded_label`` int64 (E/2, E/2, E/2), the expanded label taken
+    - ``image``: float32 (channels, Pz, Py, Px), normalised per case and channel;
+    - ``label``: int64 (Pz, Py, Px) class indices;
+    - with an expanded patch E: ``expanded_image`` float32 (channels, Ez, Ey, Ex)
+      with the same centre (corner ``start - (E - P) // 2`` per axis) and
+      ``expanded_label`` int64 (Ez/2, Ey/2, Ex/2), the expanded label taken
       every second voxel;
     - with extra volumes: ``extra`` float32 (branches * num_classes, P, P, P)
       one-hot maps, branch-major, and ``expanded_extra`` at E likewise.
@@ -69,13 +70,13 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         refs: Sequence[PatchRef],
         files: Mapping[str, CaseFiles],
         normalisation: Mapping[str, Sequence[tuple[float, float]]],
-        patch: int,
-        expanded: int = 0,
+        patch: PatchSize,
+        expanded: PatchSize = 0,
     ) -> None:
         self.spec = spec
         self.refs = tuple(refs)
-        self.patch = patch
-        self.expanded = expanded
+        self.patch = patch_shape(patch)  # (z, y, x) sides
+        self.expanded = patch_shape(expanded) if expanded else None
         cases = {r.case for r in self.refs}
         self._files = {cid: f for cid, f in files.items() if cid in cases}
         self._norm = {
@@ -97,8 +98,8 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         if extra:
             out["extra"] = self._onehot(extra, ref.start, self.patch)
         if self.expanded:
-            half = (self.expanded - self.patch) // 2
-            start = (ref.start[0] - half, ref.start[1] - half, ref.start[2] - half)
+            half = [(e - p) // 2 for e, p in zip(self.expanded, self.patch, strict=True)]
+            start = (ref.start[0] - half[0], ref.start[1] - half[1], ref.start[2] - half[2])
             out["expanded_image"] = self._image(ref.case, images, start, self.expanded)
             full = self._label(ref.case, label, start, self.expanded)
             out["expanded_label"] = full[::2, ::2, ::2].contiguous()
@@ -123,8 +124,8 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
             )
         return self._open[cid]
 
-    def _image(self, cid: str, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
-        out = np.zeros((len(vols), size, size, size), np.float32)
+    def _image(self, cid: str, vols: list[Volume], start: Start, size: Shape3) -> torch.Tensor:
+        out = np.zeros((len(vols), *size), np.float32)
         for ch, (vol, (mean, std)) in enumerate(zip(vols, self._norm[cid], strict=True)):
             crop = read_padded(vol, start, size)
             if crop is not None:
@@ -132,17 +133,17 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
                 out[ch][dst] = (values.astype(np.float32) - mean) / std
         return torch.from_numpy(out)
 
-    def _label(self, cid: str, vol: Volume, start: Start, size: int) -> torch.Tensor:
-        out = np.zeros((size, size, size), np.int64)
+    def _label(self, cid: str, vol: Volume, start: Start, size: Shape3) -> torch.Tensor:
+        out = np.zeros(size, np.int64)
         crop = read_padded(vol, start, size)
         if crop is not None:
             dst, values = crop
             out[dst] = self.spec.remap_labels(values, f"case {cid}: {vol.path}")
         return torch.from_numpy(out)
 
-    def _onehot(self, vols: list[Volume], start: Start, size: int) -> torch.Tensor:
+    def _onehot(self, vols: list[Volume], start: Start, size: Shape3) -> torch.Tensor:
         c = self.spec.num_classes
-        out = np.zeros((len(vols) * c, size, size, size), np.float32)
+        out = np.zeros((len(vols) * c, *size), np.float32)
         for b, vol in enumerate(vols):
             crop = read_padded(vol, start, size)
             if crop is None:
@@ -159,18 +160,18 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
 
 
 def read_padded(
-    vol: Volume, start: Start, size: int
+    vol: Volume, start: Start, size: PatchSize
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Read the in-bounds part of the cube of side ``size`` at ``start``.
+    """Read the in-bounds part of the box of ``size`` (a cube's side or (z, y, x) sides) at ``start``.
 
     Returns:
-        Where the part goes in a ``size``-cube and the part itself, or None
-        when the cube lies wholly outside the volume.
+        Where the part goes in a box of that size and the part itself, or
+        None when the box lies wholly outside the volume.
     """
     src: list[slice] = []
     dst: list[slice] = []
-    for s0, n in zip(start, vol.shape, strict=True):
-        lo, hi = max(s0, 0), min(s0 + size, n)
+    for s0, n, side in zip(start, vol.shape, patch_shape(size), strict=True):
+        lo, hi = max(s0, 0), min(s0 + side, n)
         if hi <= lo:
             return None
         src.append(slice(lo, hi))

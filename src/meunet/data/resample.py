@@ -21,6 +21,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from meunet.data.io import ZarrSlabWriter, open_volume, write_volume
+from meunet.data.io.atomic import atomic_path
 from meunet.data.spec import DatasetSpec, load_spec
 from meunet.data.volume import Spacing, Volume, as_spacing
 from meunet.errors import SettingError
@@ -91,9 +92,8 @@ def downsampled_dataset(
         "channels": list(spec.channels),
         "cases": cases,  # no split: the copy caches volumes, the caller's spec keeps the split
     }
-    tmp = out / ".dataset.yaml.partial"
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    tmp.replace(yaml_path)  # written last: its presence means the copy is complete
+    with atomic_path(yaml_path) as tmp:  # written last: its presence means the copy is complete
+        Path(tmp).write_text(yaml.safe_dump(raw, sort_keys=False))
     return dataclasses.replace(load_spec(yaml_path), split=spec.split, folds=spec.folds)
 
 
@@ -305,8 +305,10 @@ def resample_volume(
     streamed slab by slab to Zarr, so memory stays bounded whatever the size;
     another output format is written from that Zarr at the end (a work store
     ``DST.partial.zarr`` beside it, removed afterwards). The output has the new
-    spacing, the input's direction and extent (see :func:`resampled_geometry`)
-    and the input's dtype. Outputs are claimed as ``convert`` claims them:
+    spacing, the input's direction and extent (see :func:`resampled_geometry`),
+    the input's dtype and segment names. An input whose spacing is unknown
+    (assumed 1) gives an output marked unknown when resampled by a factor,
+    and known when resampled to a target spacing, which states the voxel size. Outputs are claimed as ``convert`` claims them:
     never an input, and a path meunet did not write only with ``overwrite``.
 
     Args:
@@ -339,10 +341,14 @@ def resample_volume(
         geometry = resampled_geometry(vol, ratio)
         direct = detect_format(dst, must_exist=False) == "zarr"
         work = str(dst).rstrip("/") if direct else f"{split_hdf5_path(str(dst))[0]}.partial.zarr"
+        described = {
+            "spacing_known": vol.spacing_known or spacing is not None,
+            "segments": vol.meta.get("segments"),
+        }
         with claim_output(dst, [vol], overwrite, command="resample"):
             with ZarrSlabWriter(
                 work, out_shape, vol.dtype, chunks=chunks, inputs=[vol], overwrite=overwrite,
-                **geometry,
+                **geometry, **described,
             ) as writer:  # fmt: skip
                 block = block or _block_shape(out_shape, ratio, writer.array.chunks[0])
                 _stream(vol, writer, ratio, labels, block, progress)

@@ -1,6 +1,7 @@
 """Training patches from volumes that need not fit in memory (``docs/method.md``, *Patch sampling*).
 
-Candidate patches are cubes of side P on a grid with step s = P/2 along each
+Candidate patches of size P (a cube's side, or one side per axis,
+:mod:`meunet.data.patch_size`) lie on a grid with step s = P/2 along each
 axis, starting at 0 and running until a patch reaches the far end of the
 volume, which is zero-padded (:func:`grid_positions`). Inference uses the same
 grid, so a patch seen in training sits where a sliding window would.
@@ -29,22 +30,33 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from meunet.data.grid import grid_positions
 from meunet.data.io import open_volume
+from meunet.data.normalise import STREAM_BYTES, channel_stats
+from meunet.data.patch_size import PatchSize, format_patch, parse_patch, patch_shape
 from meunet.data.patches import CaseFiles, PatchDataset, PatchRef
 from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume, slab_depth
 from meunet.errors import SettingError, SpecError, VolumeError
 
+# channel_stats and grid_positions live in meunet.data.normalise and meunet.data.grid;
+# imported from here by code written before they moved
+__all__ = [
+    "PatchSampler",
+    "SamplerConfig",
+    "channel_stats",
+    "check_class_map",
+    "grid_positions",
+]
+
 MIN_PATCH = 16  # below this the U-net's four poolings leave less than one voxel
 MAX_PATCH = 512  # per-cell counts are uint32: (512 / 2)^3 voxels fit easily
-STREAM_BYTES = 32 << 20  # float64 bytes of one slab while streaming statistics
 
 
 @dataclass(frozen=True)
@@ -57,60 +69,45 @@ class SamplerConfig:
             outside [0, 1].
     """
 
-    patch: int = 64  # standard patch side P (cubic patches)
-    expanded: int = 0  # side of meU-net's expanded patch (same centre), 0 = none
+    patch: PatchSize = 64  # standard patch P: a cube's side or (z, y, x) sides
+    expanded: PatchSize = 0  # meU-net's expanded patch (same centre), likewise; 0 = none
     bg_threshold: float = 0.99  # a candidate whose background fraction >= this is "background"
     bg_keep: float = 0.1  # probability that a background candidate is kept in an epoch
     max_patches: int = 0  # cap per epoch after shuffling (0 = no cap)
 
     def __post_init__(self) -> None:
-        p, e = self.patch, self.expanded
-        if p % 2:
-            raise SettingError(
-                f"patch side {p} is odd; the half-overlap grid needs an even side: use {p + 1}"
-            )
-        if p < MIN_PATCH:
-            raise SettingError(f"patch side {p} is below {MIN_PATCH}: use at least {MIN_PATCH}")
-        if p > MAX_PATCH:
-            raise SettingError(
-                f"patch side {p} is above {MAX_PATCH}: use at most {MAX_PATCH} "
-                "(or a downsampled dataset for more context)"
-            )
-        if e and (e % 2 or e < p):
-            raise SettingError(
-                f"expanded side {e} must be even and at least the patch side {p} "
-                f"(or 0 for none): use e.g. {max(p, e + e % 2)}"
-            )
+        object.__setattr__(self, "patch", parse_patch(self.patch))
+        object.__setattr__(self, "expanded", parse_patch(self.expanded, "expanded"))
+        shown = format_patch(self.patch)
+        for p in patch_shape(self.patch):
+            if p % 2:
+                raise SettingError(
+                    f"patch {shown}: side {p} is odd; the half-overlap grid needs even sides: "
+                    f"use {p + 1}"
+                )
+            if p < MIN_PATCH:
+                raise SettingError(
+                    f"patch {shown}: side {p} is below {MIN_PATCH}: use at least {MIN_PATCH}"
+                )
+            if p > MAX_PATCH:
+                raise SettingError(
+                    f"patch {shown}: side {p} is above {MAX_PATCH}: use at most {MAX_PATCH} "
+                    "(or a downsampled dataset for more context)"
+                )
+        if self.expanded:
+            for p, e in zip(patch_shape(self.patch), patch_shape(self.expanded), strict=True):
+                if e % 2 or e < p:
+                    raise SettingError(
+                        f"expanded side {e} (of {format_patch(self.expanded)}) must be even and at "
+                        f"least the patch side {p} (of {shown}), or 0 for none: use e.g. "
+                        f"{max(p, e + e % 2)}"
+                    )
         if not 0.0 < self.bg_threshold <= 1.0:
             raise SettingError(f"bg_threshold must be in (0, 1], got {self.bg_threshold}")
         if not 0.0 <= self.bg_keep <= 1.0:
             raise SettingError(f"bg_keep must be a probability in [0, 1], got {self.bg_keep}")
         if self.max_patches < 0:
             raise SettingError(f"max_patches must be >= 0 (0 = no cap), got {self.max_patches}")
-
-
-def grid_positions(n: int, patch: int, step: int | None = None) -> list[int]:
-    """Starts of the half-overlap windows covering an axis of ``n`` voxels.
-
-    Positions are 0, s, 2s, ... (s = ``step``, by default ``patch // 2``) up to
-    the first whose window reaches the end (``pos + patch >= n``); the rest is
-    zero padding.
-
-    Example:
-        >>> grid_positions(33, 16)
-        [0, 8, 16, 24]
-        >>> grid_positions(10, 16)
-        [0]
-    """
-    if n < 1 or patch < 2 or patch % 2:
-        raise ValueError(f"need n >= 1 and an even patch >= 2, got n={n}, patch={patch}")
-    step = patch // 2 if step is None else step
-    if not 1 <= step <= patch:
-        raise ValueError(f"window step must lie in 1..{patch}, got {step}")
-    out = [0]
-    while out[-1] + patch < n:
-        out.append(out[-1] + step)
-    return out
 
 
 @dataclass(frozen=True)
@@ -212,16 +209,18 @@ class PatchSampler:
         must be candidates of this sampler.
         """
         out = np.zeros(self.spec.num_classes, np.int64)
-        step = self.cfg.patch // 2
+        steps = tuple(p // 2 for p in patch_shape(self.cfg.patch))
         for ref in refs:
             grid = self._grids.get(ref.case)
-            idx = tuple(s // step for s in ref.start)
+            idx = tuple(s // st for s, st in zip(ref.start, steps, strict=True))
             if (
                 grid is None
-                or any(s % step for s in ref.start)
+                or any(s % st for s, st in zip(ref.start, steps, strict=True))
                 or not all(0 <= i < n for i, n in zip(idx, grid.background.shape, strict=True))
             ):
-                raise ValueError(f"{ref} is not a candidate of this sampler (grid step {step})")
+                raise ValueError(
+                    f"{ref} is not a candidate of this sampler (grid steps {list(steps)})"
+                )
             out += grid.counts[(slice(None), *idx)]
         return out
 
@@ -241,14 +240,20 @@ class PatchSampler:
             f"{cfg.bg_threshold:g} background (padding counts) and the roulette, keeping such a "
             f"patch with probability bg_keep = {cfg.bg_keep:g}, kept none"
         )
-        fit = max(min(shape) for shape in self.shapes.values()) // 2 * 2
-        if all(min(shape) < p for shape in self.shapes.values()):
+        sides = patch_shape(p)
+        if all(any(n < q for n, q in zip(s, sides, strict=True)) for s in self.shapes.values()):
             shapes = ", ".join(f"{cid} {shape}" for cid, shape in list(self.shapes.items())[:5])
+            fit = [
+                min(q, max(n // 2 * 2 for n in (s[i] for s in self.shapes.values())))
+                for i, q in enumerate(sides)
+            ]
             raise SettingError(
-                f"{message}: the patch side {p} is larger than every training volume ({shapes}); "
+                f"{message}: the patch {format_patch(p)} is larger than every training volume "
+                f"along an axis ({shapes}); "
                 + (
-                    f"lower the patch side to at most {fit} (--set patch={fit})"
-                    if fit >= MIN_PATCH
+                    f"lower the patch to at most {format_patch(fit)} "
+                    f"(--set sampler.patch={_written(fit)}), or use patch: auto"
+                    if min(fit) >= MIN_PATCH
                     else f"the volumes are smaller than the smallest patch side {MIN_PATCH}: "
                     "pad them, or raise bg_keep"
                 )
@@ -352,24 +357,29 @@ def _check_shapes(cid: str, files: CaseFiles) -> tuple[int, int, int]:
 
 
 def _case_grid(
-    spec: DatasetSpec, cid: str, label: Volume, patch: int, advance: Callable[[int], object]
+    spec: DatasetSpec,
+    cid: str,
+    label: Volume,
+    patch: PatchSize,
+    advance: Callable[[int], object],
 ) -> _CaseGrid:
     """Stream one label volume and count each candidate's voxels per class."""
-    step, c = patch // 2, spec.num_classes
-    positions = tuple(tuple(grid_positions(n, patch)) for n in label.shape)
+    sides = patch_shape(patch)
+    (sz, sy, sx), c = (p // 2 for p in sides), spec.num_classes
+    positions = tuple(tuple(grid_positions(n, p)) for n, p in zip(label.shape, sides, strict=True))
     cz, cy, cx = (len(p) + 1 for p in positions)  # candidate i covers cells i and i + 1
     nz, ny, nx = label.shape
     cells = np.zeros((c, cz, cy, cx), np.uint32)  # real voxels per class and cell
     # a cell row (depth P/2) is read in parts when large: remapping costs ~40 bytes a voxel
-    depth = min(step, slab_depth(label.shape, np.float64, STREAM_BYTES))
-    for i, z0 in enumerate(range(0, nz, step)):
-        for z in range(z0, min(z0 + step, nz), depth):
+    depth = min(sz, slab_depth(label.shape, np.float64, STREAM_BYTES))
+    for i, z0 in enumerate(range(0, nz, sz)):
+        for z in range(z0, min(z0 + sz, nz), depth):
             values = spec.remap_labels(
-                label[z : min(z + depth, z0 + step)], f"case {cid}: {label.path}"
+                label[z : min(z + depth, z0 + sz)], f"case {cid}: {label.path}"
             )
-            slab = np.full((len(values), cy * step, cx * step), c, np.uint8)  # c: outside, no class
+            slab = np.full((len(values), cy * sy, cx * sx), c, np.uint8)  # c: outside, no class
             slab[:, :ny, :nx] = values
-            blocks = slab.reshape(len(values), cy, step, cx, step)
+            blocks = slab.reshape(len(values), cy, sy, cx, sx)
             for k in range(c):
                 cells[k, i] += np.count_nonzero(blocks == k, axis=(0, 2, 4)).astype(np.uint32)
             advance(len(values))
@@ -379,46 +389,13 @@ def _case_grid(
         hi = [slice(None)] * 4
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         counts = counts[tuple(lo)] + counts[tuple(hi)]
-    background = 1.0 - counts[1:].sum(axis=0) / float(patch) ** 3
+    background = 1.0 - counts[1:].sum(axis=0) / float(np.prod(sides))
     return _CaseGrid((positions[0], positions[1], positions[2]), counts, background)
 
 
-def channel_stats(
-    vol: Volume, advance: Callable[[int], object] | None = None
-) -> tuple[float, float]:
-    """Mean and standard deviation of a whole volume, streamed in slabs.
-
-    Slabs are merged with Chan et al.'s pairwise update in float64, so the
-    result does not depend on the slab size beyond rounding. A standard
-    deviation below 1e-8 (a constant image) is returned as 1.0.
-
-    Args:
-        vol: The image.
-        advance: Called with the number of z-slices read after each slab (a progress bar).
-
-    Raises:
-        VolumeError: if the volume holds NaN or infinite values.
-    """
-    if vol.dtype.kind not in "biuf":  # complex would lose its imaginary part unseen
-        raise VolumeError(
-            f"{vol.path}: image dtype {vol.dtype} is not a real number type; "
-            "save the image as integers or floats (e.g. the magnitude of complex data)"
-        )
-    n, mean, m2 = 0, 0.0, 0.0
-    for _, slab in vol.slabs(slab_depth(vol.shape, np.float64, STREAM_BYTES)):
-        x = slab.astype(np.float64)
-        nb, mb = x.size, float(x.mean())
-        m2b = float(np.square(x - mb).sum())
-        delta, total = mb - mean, n + nb
-        mean += delta * nb / total
-        m2 += m2b + delta * delta * n * nb / total
-        n = total
-        if advance is not None:
-            advance(len(slab))
-    std = math.sqrt(m2 / n)
-    if not (math.isfinite(mean) and math.isfinite(std)):
-        raise VolumeError(f"{vol.path}: image holds NaN or infinite values; fix or re-export it")
-    return mean, std if std >= 1e-8 else 1.0
+def _written(sides: list[int]) -> str:
+    """A size as ``--set`` takes it: ``64`` or ``[16,64,64]``."""
+    return str(sides[0]) if len(set(sides)) == 1 else "[" + ",".join(map(str, sides)) + "]"
 
 
 def check_class_map(vol: Volume, num_classes: int) -> None:

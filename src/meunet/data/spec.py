@@ -22,6 +22,19 @@ Example (``examples/brats4.yaml``)::
       val: [pat0003]
       test: []
 
+A case may be a region of larger files, read in place (not copied)::
+
+      pat0005-top:
+        image: pat0005/Flair.nii.gz
+        label: pat0005/OTMultiClass.nii.gz
+        bbox: [[0, 80], [0, 240], [0, 240]]   # [start, stop) per axis z, y, x
+
+Reading it reads only the box, with the files' spacing and the origin of the
+box's first voxel. Its paths carry the box as a suffix,
+``Flair.nii.gz[0:80,0:240,0:240]``, which
+:func:`~meunet.data.io.open_volume` reads, so every command that opens a
+case's files (check, train, evaluate) sees the region alone.
+
 Without ``label_map`` the label files must hold the class indices
 0 .. len(classes) - 1 themselves. Case paths are relative to ``root``, and a
 relative ``root`` to the folder of this file, so the spec works from any
@@ -38,7 +51,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from meunet.data.volume import Spacing, as_spacing
+from meunet.data.volume import Bbox, Spacing, as_bbox, as_spacing, format_bbox
 from meunet.errors import SettingError, SpecError
 
 SPLITS = ("train", "val", "test")
@@ -46,11 +59,15 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Case:
-    """One case: a path per input channel and an optional label path."""
+    """One case: a path per input channel and an optional label path.
+
+    With ``bbox``, every path ends in the box (``scan.zarr[0:20,0:64,0:64]``).
+    """
 
     id: str
     images: tuple[Path, ...]
     label: Path | None = None
+    bbox: Bbox | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +296,15 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> DatasetSpec:
                 f"{cw}: has {len(images)} image channels, other cases have {n_channels}"
             )
         label = _paths(entry["label"], base, f"{cw}: label")[0] if entry.get("label") else None
-        cases[str(cid)] = Case(str(cid), images, label)
+        box = None
+        if entry.get("bbox") is not None:
+            try:
+                box = as_bbox(entry["bbox"], f"{cw}: bbox")
+            except SettingError as e:
+                raise SpecError(str(e)) from None
+            images = tuple(Path(f"{p}{format_bbox(box)}") for p in images)
+            label = Path(f"{label}{format_bbox(box)}") if label is not None else None
+        cases[str(cid)] = Case(str(cid), images, label, box)
     assert n_channels is not None
     channels = raw.get("channels") or [f"ch{i}" for i in range(n_channels)]
     if len(channels) != n_channels:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from meunet.errors import SettingError, VolumeError
+from meunet.errors import RegionError, SettingError, VolumeError
 
 Spacing = tuple[float, float, float]
 Slices = tuple[slice, slice, slice]
@@ -194,6 +194,90 @@ class Volume:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: A box of voxels: (start, stop) per axis (z, y, x), half-open, as a slice takes them.
+Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def format_bbox(box: Bbox) -> str:
+    """``[z0:z1,y0:y1,x0:x1]``, the text by which a path names a region (see ``open_volume``)."""
+    return "[" + ",".join(f"{a}:{b}" for a, b in box) + "]"
+
+
+def as_bbox(value: Any, where: str) -> Bbox:
+    """Validate a box: three ``[start, stop]`` pairs of whole numbers, ``0 <= start < stop``.
+
+    Example:
+        >>> as_bbox([[0, 20], [0, 256], [256, 512]], "bbox")
+        ((0, 20), (0, 256), (256, 512))
+    """
+    try:
+        pairs = [tuple(v) for v in value]
+    except TypeError:
+        pairs = []
+    whole = all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for pair in pairs for n in pair
+    )
+    if len(pairs) != 3 or any(len(pair) != 2 for pair in pairs) or not whole:
+        raise SettingError(
+            f"{where}: a box is three [start, stop] pairs of voxel indices (z, y, x), "
+            f"e.g. [[0, 20], [0, 256], [256, 512]], got {value!r}"
+        )
+    for axis, (a, b) in zip("zyx", pairs, strict=True):
+        if not 0 <= a < b:
+            raise SettingError(
+                f"{where}: box along {axis} is [{a}, {b}]; it needs 0 <= start < stop "
+                "(stop is excluded, as in a slice)"
+            )
+    return tuple((int(a), int(b)) for a, b in pairs)  # type: ignore[return-value]
+
+
+def region(vol: Volume, box: Bbox) -> Volume:
+    """The voxels ``box`` of ``vol`` as a lazy volume of their own.
+
+    Reading it reads only from the region; the spacing, direction and space
+    are the volume's, and the origin is that of the region's first voxel.
+
+    Raises:
+        RegionError: the box reaches outside the volume, naming the shape.
+    """
+    for axis, (_, b), n in zip("zyx", box, vol.shape, strict=True):
+        if b > n:
+            raise RegionError(
+                f"{vol.path}{format_bbox(box)}: the box ends at {b} along {axis}, beyond the "
+                f"volume's {n} voxels (shape {vol.shape}, z, y, x); keep every stop within the shape"
+            )
+    start = np.array([a for a, _ in box], dtype=np.float64)
+    shift = np.asarray(vol.direction, np.float64) @ (start * np.asarray(vol.spacing))
+    (z0, _), (y0, _), (x0, _) = box
+
+    def read_crop(slices: Slices) -> np.ndarray:
+        z, y, x = slices
+        return vol.read_crop(
+            (
+                slice(z.start + z0, z.stop + z0, z.step),
+                slice(y.start + y0, y.stop + y0, y.step),
+                slice(x.start + x0, x.stop + x0, x.step),
+            )
+        )
+
+    o = np.asarray(vol.origin, np.float64) + shift
+    return Volume(
+        path=f"{vol.path}{format_bbox(box)}",
+        shape=(box[0][1] - z0, box[1][1] - y0, box[2][1] - x0),
+        dtype=vol.dtype,
+        spacing=vol.spacing,
+        read_crop=read_crop,
+        origin=(float(o[0]), float(o[1]), float(o[2])),
+        direction=vol.direction,
+        space=vol.space,
+        spacing_known=vol.spacing_known,
+        format=vol.format,
+        lazy=vol.lazy,
+        meta=dict(vol.meta),
+        close=vol.close,
+    )
 
 
 def slab_depth(shape: tuple[int, ...], dtype: np.dtype | type, target_bytes: int = 64 << 20) -> int:

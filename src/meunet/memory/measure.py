@@ -27,9 +27,10 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from meunet.data.patch_size import PatchSize, format_patch, parse_patch, patch_shape
 from meunet.errors import MeunetError, SettingError
 
 DIVISOR = 16  # 2^(levels-1) for the paper's 5-level network
@@ -39,16 +40,16 @@ DIVISOR = 16  # 2^(levels-1) for the paper's 5-level network
 class MemoryConfig:
     """One training configuration to measure.
 
-    ``patch`` is the standard patch P; a meU-net also takes the expanded patch
-    of side ``expanded`` (k * P rounded to a multiple of 16, which the network
-    would pad to anyway).
+    ``patch`` is the standard patch P, a cube's side or (z, y, x) sides; a
+    meU-net also takes the expanded patch ``expanded`` (k * P per axis rounded
+    to a multiple of 16, which the network would pad to anyway).
     """
 
-    model: str = "meunet"  # unet | meunet | cascade-post | cascade-pre | lowres
-    patch: int = 64  # standard patch side P
+    model: str = "meunet"  # unet | meunet | cascade-post | cascade-pre
+    patch: PatchSize = 64  # standard patch P: a side, or (z, y, x) sides
     k: float = 1.5  # expansion factor (meunet only)
-    expanded_patch: int = 0  # explicit expanded side, overriding k (0: from k)
-    batch: int = 4
+    expanded_patch: PatchSize = 0  # explicit expanded patch, overriding k (0: from k)
+    batch: int = 2  # training's default (TrainConfig.batch)
     amp: bool = False  # CUDA only
     checkpointing: bool = False
     device: str = "cpu"
@@ -62,21 +63,74 @@ class MemoryConfig:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.patch < 1 or self.batch < 1 or self.steps < 2:
+        object.__setattr__(self, "patch", parse_patch(self.patch))
+        object.__setattr__(self, "expanded_patch", parse_patch(self.expanded_patch, "expanded"))
+        if min(patch_shape(self.patch)) < 1 or self.batch < 1 or self.steps < 2:
             raise SettingError("need patch >= 1, batch >= 1 and steps >= 2")
-        if self.model == "meunet" and not 1.0 <= self.k <= 4.0:
+        if self._variant().deep_head and not 1.0 <= self.k <= 4.0:
             raise SettingError(f"k must lie in [1, 4], got {self.k}")
         if self.amp and not self.device.startswith("cuda"):
             raise SettingError("AMP (float16 autocast) is measured on CUDA only; drop --amp on CPU")
 
+    def _variant(self) -> Any:
+        from meunet.models import ModelVariant, variant
+
+        try:
+            return variant(self.model)
+        except SettingError:  # reported where the network is built, with the measurement
+            return ModelVariant(deep_head=False, takes_extra=False)
+
     @property
-    def expanded(self) -> int | None:
-        """Side of the expanded patch (meU-net), a multiple of 16."""
-        if self.model != "meunet":
+    def expanded(self) -> PatchSize | None:
+        """The expanded patch (a network with a deep head): sides that are multiples of 16."""
+        from meunet.training.config import expanded_patch
+
+        if not self._variant().deep_head:
             return None
         if self.expanded_patch:
             return self.expanded_patch
-        return max(DIVISOR, int(self.k * self.patch / DIVISOR + 0.5) * DIVISOR)
+        return expanded_patch(self.patch, self.k)
+
+    @property
+    def extra(self) -> int:
+        """Stage-1 map channels a stage-2 network is measured with (default 2 branches x classes)."""
+        if self.extra_channels:
+            return self.extra_channels
+        return 2 * self.num_classes if self._variant().takes_extra else 0
+
+    @classmethod
+    def from_train(
+        cls, cfg: Any, in_channels: int = 1, num_classes: int = 3, **changes: Any
+    ) -> MemoryConfig:
+        """The training step a :class:`~meunet.training.config.TrainConfig` runs.
+
+        ``device: auto`` is resolved here, and AMP counts on CUDA only, as in
+        training; ``changes`` override fields (e.g. ``patch`` while planning).
+        """
+        from meunet.device import resolve_device
+
+        device = str(resolve_device(cfg.device))
+        patch = changes.pop("patch", cfg.patch)
+        if isinstance(patch, str):
+            raise SettingError(
+                f"patch: {patch} is chosen from a dataset: give a patch to measure "
+                "(--patch 16 64 64), or the dataset (meunet plan --data DATASET.yaml)"
+            )
+        base = cls(
+            model=cfg.model,
+            patch=patch,
+            k=cfg.k,
+            batch=cfg.batch,
+            amp=cfg.amp and device.startswith("cuda"),
+            checkpointing=cfg.checkpointing,
+            device=device,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            encoder_channels=tuple(cfg.encoder_channels),
+            decoder_channels=tuple(cfg.decoder_channels),
+            seed=cfg.seed,
+        )
+        return replace(base, **changes) if changes else base
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -86,6 +140,8 @@ class MemoryConfig:
     @staticmethod
     def from_json(text: str) -> MemoryConfig:
         d = json.loads(text)
+        for key in ("patch", "expanded_patch"):
+            d[key] = parse_patch(d[key], key)
         d["encoder_channels"] = tuple(d["encoder_channels"])
         d["decoder_channels"] = tuple(d["decoder_channels"])
         return MemoryConfig(**d)
@@ -100,7 +156,7 @@ def _build(cfg: MemoryConfig) -> tuple[Any, Any, Any, Any]:
     from meunet.training.step import Batch
 
     torch.manual_seed(cfg.seed)
-    extra = cfg.extra_channels or (2 * cfg.num_classes if cfg.model.startswith("cascade") else 0)
+    extra = cfg.extra
     model = create_model(
         cfg.model,
         in_channels=cfg.in_channels,
@@ -113,32 +169,29 @@ def _build(cfg: MemoryConfig) -> tuple[Any, Any, Any, Any]:
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
 
-    def patches(side: int, label_side: int) -> tuple[Any, Any, Any]:
+    def patches(size: PatchSize, halve_label: bool) -> tuple[Any, Any, Any]:
+        side = patch_shape(size)
+        label_side = tuple(n // 2 for n in side) if halve_label else side
         g = torch.Generator().manual_seed(cfg.seed)
-        x = torch.randn(cfg.batch, cfg.in_channels, side, side, side, generator=g)
-        y = torch.randint(
-            0, cfg.num_classes, (cfg.batch, label_side, label_side, label_side), generator=g
-        )
+        x = torch.randn(cfg.batch, cfg.in_channels, *side, generator=g)
+        y = torch.randint(0, cfg.num_classes, (cfg.batch, *label_side), generator=g)
         e = None
         if extra:
             maps = torch.randint(
-                0,
-                cfg.num_classes,
-                (cfg.batch, extra // cfg.num_classes, side, side, side),
-                generator=g,
+                0, cfg.num_classes, (cfg.batch, extra // cfg.num_classes, *side), generator=g
             )
             e = (
                 F.one_hot(maps, cfg.num_classes)
                 .movedim(-1, 2)
-                .reshape(cfg.batch, extra, side, side, side)
+                .reshape(cfg.batch, extra, *side)
                 .float()
             )
         return x, y, e
 
-    x, y, e = patches(cfg.patch, cfg.patch)
+    x, y, e = patches(cfg.patch, False)
     batch = Batch(image=x, label=y, extra=e)
     if cfg.expanded:
-        xe, ye, ee = patches(cfg.expanded, cfg.expanded // 2)
+        xe, ye, ee = patches(cfg.expanded, True)
         batch = Batch(x, y, xe, ye, e, ee)
     batch = batch.to(cfg.device)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
@@ -278,7 +331,8 @@ def measure(cfg: MemoryConfig, timeout: float | None = None) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         oom = "out of memory" in proc.stderr.lower() or proc.returncode in (-9, 137)
         what = "ran out of memory" if oom else f"failed (exit {proc.returncode})"
+        size = cfg.patch if isinstance(cfg.patch, int) else format_patch(cfg.patch)
         raise MeunetError(
-            f"measuring {cfg.model} patch {cfg.patch} batch {cfg.batch} on {cfg.device} {what}: {tail}"
+            f"measuring {cfg.model} patch {size} batch {cfg.batch} on {cfg.device} {what}: {tail}"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meunet.data.patch_size import PatchSize, compact, format_patch, patch_shape
 from meunet.errors import SettingError
 from meunet.memory.measure import DIVISOR, MemoryConfig, measure
 
@@ -39,6 +40,18 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def scaled_patch(shape: PatchSize | tuple[int, ...], side: int) -> PatchSize:
+    """``shape`` scaled so that its largest side is ``side``; each side a multiple of 16, at least 16.
+
+    Example:
+        >>> scaled_patch(64, 96), scaled_patch((16, 128, 128), 256), scaled_patch((16, 128, 128), 64)
+        (96, (32, 256, 256), (16, 64, 64))
+    """
+    sides = patch_shape(shape)
+    top = max(sides)
+    return compact([max(DIVISOR, round(n * side / top / DIVISOR) * DIVISOR) for n in sides])
+
+
 @dataclass
 class PlanResult:
     """The largest fitting patch and every measurement that led to it."""
@@ -61,6 +74,12 @@ def plan_patch(
 ) -> PlanResult:
     """Largest standard patch P (a multiple of 16, at least 32) whose measured step peak fits ``budget``.
 
+    With a cube as ``base.patch`` the patches searched are cubes of side P.
+    With per-axis sides (e.g. ``(16, 128, 128)`` for a thin anisotropic
+    stack) they are that shape scaled so that its largest side is P, each side
+    rounded to a multiple of 16 (at least 16): the search keeps the base's
+    proportions (:func:`scaled_patch`).
+
     The search keeps the largest P measured to fit and the smallest measured
     not to, and measures next where a * P^3 + b, drawn through the two nearest
     measurements, meets the budget (never more than doubling P at once, so
@@ -70,17 +89,19 @@ def plan_patch(
     measure_fn = measure_fn or measure
     cache: dict[int, int] = {}
     results: dict[int, dict[str, Any]] = {}
+    shape = patch_shape(base.patch)
 
     def fits(p: int) -> bool:
         if p not in cache:
+            size = scaled_patch(shape, p)
             if progress:
-                progress(f"measuring {base.model} patch {p}^3 ...")
-            results[p] = measure_fn(replace(base, patch=p))
+                progress(f"measuring {base.model} patch {format_patch(size)} ...")
+            results[p] = measure_fn(replace(base, patch=size))
             cache[p] = int(results[p]["peak_bytes"])
         return cache[p] <= budget
 
     def done(p: int) -> PlanResult:
-        cfg = replace(base, patch=p) if p else None
+        cfg = replace(base, patch=scaled_patch(shape, p)) if p else None
         return PlanResult(cfg, budget, [results[k] for k in sorted(results)])
 
     step = DIVISOR

@@ -7,8 +7,12 @@ name               network
 ``meunet``         meU-net: the same U-net with a level-2 head for expanded patches
 ``cascade-post``   stage-2 U-net, stage-1 maps at every decoder level (the paper's)
 ``cascade-pre``    stage-2 U-net, stage-1 maps with the image at the input
-``lowres``         a plain U-net for the low-resolution cascade's stage 1
 =================  ===========================================================
+
+The low-resolution cascade's stage 1 is a plain ``unet`` trained with
+``downsample: 2`` (a data setting); the old name ``lowres`` is read as ``unet``.
+What a name implies (a deep head, stage-1 inputs) is asked of :func:`variant`,
+never by comparing names.
 
 Example:
     >>> net = create_model("meunet", in_channels=2, num_classes=3)
@@ -19,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,17 @@ import torch
 from meunet.errors import MeunetError, SettingError
 from meunet.models.unet import UNet3D, UNetConfig
 
-__all__ = ["MODELS", "UNet3D", "UNetConfig", "create_model", "load_model", "save_model"]
+__all__ = [
+    "MODELS",
+    "ModelVariant",
+    "UNet3D",
+    "UNetConfig",
+    "canonical_name",
+    "create_model",
+    "load_model",
+    "save_model",
+    "variant",
+]
 
 #: Registered model names and the configuration each one fixes.
 MODELS: dict[str, dict[str, Any]] = {
@@ -35,19 +50,47 @@ MODELS: dict[str, dict[str, Any]] = {
     "meunet": {"deep_head": True},
     "cascade-post": {"extra_mode": "post"},
     "cascade-pre": {"extra_mode": "pre"},
-    "lowres": {},
 }
+#: Names read as another (checkpoints and configs written before the rename).
+ALIASES = {"lowres": "unet"}
+
+
+def canonical_name(name: str) -> str:
+    """The registered name ``name`` stands for (``lowres`` -> ``unet``); others unchanged."""
+    return ALIASES.get(name, name)
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """What a registered model name implies for training and prediction."""
+
+    deep_head: bool  # meU-net: trained on an expanded patch too
+    takes_extra: bool  # a cascade's stage 2: needs stage-1 maps (extra_channels > 0)
+
+
+def variant(name: str) -> ModelVariant:
+    """The behaviour a model name fixes, read from the configuration it registers.
+
+    Example:
+        >>> variant("meunet")
+        ModelVariant(deep_head=True, takes_extra=False)
+    """
+    fixed = MODELS.get(canonical_name(name))
+    if fixed is None:
+        raise SettingError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return ModelVariant(bool(fixed.get("deep_head", False)), "extra_mode" in fixed)
 
 
 def create_model(name: str, **cfg: Any) -> UNet3D:
     """Build a registered network; ``cfg`` sets :class:`UNetConfig` fields."""
-    if not isinstance(name, str) or name not in MODELS:
+    if not isinstance(name, str) or canonical_name(name) not in MODELS:
         raise SettingError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    name = canonical_name(name)
     fixed = MODELS[name]
     clash = {k for k in fixed if k in cfg and cfg[k] != fixed[k]}
     if clash:
         raise SettingError(f"model {name!r} fixes {sorted(clash)}; use another model name instead")
-    if name.startswith("cascade") and not cfg.get("extra_channels"):
+    if variant(name).takes_extra and not cfg.get("extra_channels"):
         raise SettingError(f"model {name!r} needs extra_channels (stage-1 branches x classes)")
     unknown = set(cfg) - set(UNetConfig.__dataclass_fields__)
     if unknown:

@@ -29,32 +29,41 @@ from tqdm.auto import tqdm
 
 from meunet.data.identity import dataset_identity
 from meunet.data.io import open_volume
-from meunet.data.io.ownership import OutputLock, make_folder
+from meunet.data.io.atomic import atomic_path
 from meunet.data.spec import DatasetSpec
+from meunet.device import resolve_device
 from meunet.errors import MeunetError
 from meunet.inference.cascade import predict_branch
 from meunet.models import load_checkpoint, load_model
 from meunet.training import distributed as dist
 from meunet.training.checkpoint import check_dataset, check_settings
-from meunet.training.config import TrainConfig
-from meunet.training.loop import resolve_device, train
+from meunet.training.config import TrainConfig, resolve_patch
+from meunet.training.loop import train
+from meunet.training.run import CASCADE_MANIFEST, STAGE_RECORD, CascadeRun, Run
 
+__all__ = ["CASCADE_MANIFEST", "MODES", "STAGE_RECORD", "stage1_configs", "train_cascade"]
+
+#: How each cascade mode connects the stages: stage 2's model, and its stage-1 branches.
 MODES = ("post", "pre", "lowres")
-CASCADE_MANIFEST = "cascade.json"  # what `meunet predict --model` takes to run a whole cascade
-STAGE_RECORD = "stage.json"  # beside a stage's DONE: the settings and dataset it was made with
+_STAGE2_MODEL = {"post": "cascade-post", "pre": "cascade-pre", "lowres": "cascade-pre"}
 
 
 def stage1_configs(mode: str, base: TrainConfig) -> dict[str, TrainConfig]:
     """The stage-1 branches of a cascade, derived from ``base`` (patch, channels, budget)."""
-    if mode == "lowres":
-        return {"lowres": dataclasses.replace(base, model="lowres", downsample=2)}
+    if mode == "lowres":  # nnU-Net's: a plain U-net on volumes downsampled by 2
+        return {"lowres": dataclasses.replace(base, model="unet", downsample=2)}
     return {
         "meunet-k150": dataclasses.replace(base, model="meunet", k=1.5, downsample=1),
         "meunet-k175": dataclasses.replace(base, model="meunet", k=1.75, downsample=1),
     }
 
 
-def _check_stage(folder: Path, record: Path, cfg: TrainConfig, dataset: dict[str, Any]) -> None:
+def stage2_config(mode: str, base: TrainConfig) -> TrainConfig:
+    """Stage 2 of a cascade: a U-net taking the stage-1 maps as ``mode`` connects them."""
+    return dataclasses.replace(base, model=_STAGE2_MODEL[mode], downsample=1)
+
+
+def _check_stage(run: Run, record: Path, cfg: TrainConfig, dataset: dict[str, Any]) -> None:
     """Refuse to reuse a finished stage made with other settings or another dataset.
 
     A stage finished before its record was written is compared with its ``last.pt``.
@@ -62,15 +71,15 @@ def _check_stage(folder: Path, record: Path, cfg: TrainConfig, dataset: dict[str
     try:
         stage = json.loads(record.read_text())
     except FileNotFoundError:
-        if not (folder / "last.pt").is_file():
+        if not run.last.is_file():
             return
-        stage = load_checkpoint(folder / "last.pt")
+        stage = load_checkpoint(run.last)
     except ValueError as e:
         raise MeunetError(
-            f"{record}: unreadable ({e}); delete {folder} to train this stage again"
+            f"{record}: unreadable ({e}); delete {run.folder} to train this stage again"
         ) from None
-    check_settings(stage.get("train_config", {}), folder, cfg.to_dict())
-    check_dataset(stage.get("dataset"), folder, dataset)
+    check_settings(stage.get("train_config", {}), run.folder, cfg.to_dict())
+    check_dataset(stage.get("dataset"), run.folder, dataset)
 
 
 def train_cascade(
@@ -80,27 +89,30 @@ def train_cascade(
     base: TrainConfig | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train stage 1, predict every case with it, train stage 2; return stage 2's best checkpoint."""
+    """Train stage 1, predict every case with it, train stage 2; return stage 2's best checkpoint.
+
+    The manifest that predicts with the whole cascade is ``CascadeRun(out_dir).manifest_path``.
+    """
     if mode not in MODES:
         raise MeunetError(f"cascade mode must be one of {MODES}, got {mode!r}")
-    base = base or TrainConfig()
-    out = Path(out_dir)
+    base = resolve_patch(base or TrainConfig(), spec)  # patch: auto, once for every stage
+    run = CascadeRun(out_dir)
     # under torchrun: one process group for every stage (each `train` joins it)
     ranks, device = dist.from_env(resolve_device(base.device))
     try:
         # one writer per cascade folder (new, empty, or meunet's): the main process holds its lock
-        with OutputLock(out, "train-cascade") if ranks.main else contextlib.nullcontext():
+        with run.lock("train-cascade") if ranks.main else contextlib.nullcontext():
             if ranks.main:
-                make_folder(out, "train-cascade")
+                run.claim("train-cascade")
             dist.barrier(ranks)
-            return _train_cascade(spec, out, mode, base, progress and ranks.main, ranks, device)
+            return _train_cascade(spec, run, mode, base, progress and ranks.main, ranks, device)
     finally:
         dist.finish(ranks)
 
 
 def _train_cascade(
     spec: DatasetSpec,
-    out: Path,
+    run: CascadeRun,
     mode: str,
     base: TrainConfig,
     progress: bool,
@@ -109,26 +121,25 @@ def _train_cascade(
 ) -> Path:
     extra: dict[str, list[Path]] = {cid: [] for cid in spec.cases}
     dataset = dataset_identity(spec)
-    for name, cfg in stage1_configs(mode, base).items():
-        folder = out / "stage1" / name
-        done = folder / "predictions" / "DONE"
-        record = folder / "predictions" / STAGE_RECORD
+    branches = stage1_configs(mode, base)
+    for name, cfg in branches.items():
+        branch = run.branch(name)
+        done, record = run.branch_done(name), run.branch_record(name)
         if done.exists():
-            _check_stage(folder, record, cfg, dataset)
+            _check_stage(branch, record, cfg, dataset)
         else:
             # resumes an interrupted run; a finished one returns at once
-            train(cfg, spec, folder, resume=(folder / "last.pt").exists(), progress=progress)
-            model = load_model(folder / "best.pt", map_location=device)
+            train(cfg, spec, branch.folder, resume=branch.started, progress=progress)
+            model = load_model(branch.best, map_location=device)
             mine = list(spec.cases)[ranks.rank :: ranks.world]  # each process predicts its share
             for cid in tqdm(mine, desc=f"predict {name}", disable=not progress, leave=False):
                 # the same streaming predictor `meunet predict --model cascade.json` uses;
                 # an interrupted prediction resumes, a finished one is redone
                 inputs = [open_volume(p, spacing=spec.spacing) for p in spec.cases[cid].images]
-                target = folder / "predictions" / f"{cid}.zarr"
                 predict_branch(
                     model,
                     inputs,
-                    target,
+                    run.prediction(name, cid),
                     cfg.window,
                     cfg.downsample,
                     cfg.fusion,
@@ -139,36 +150,14 @@ def _train_cascade(
             dist.barrier(ranks)
             if ranks.main:
                 stage = {"train_config": cfg.to_dict(), "dataset": dataset}
-                record.write_text(json.dumps(stage, indent=1))
+                with atomic_path(record) as tmp:
+                    Path(tmp).write_text(json.dumps(stage, indent=1))
                 done.write_text("all cases predicted\n")
         for cid in spec.cases:
-            extra[cid].append(folder / "predictions" / f"{cid}.zarr")
-    stage2 = dataclasses.replace(
-        base, model="cascade-pre" if mode in ("pre", "lowres") else "cascade-post", downsample=1
-    )
-    folder = out / "stage2"
-    resume = (folder / "last.pt").exists()
-    best = train(stage2, spec, folder, resume=resume, extra=extra, progress=progress)
-    manifest = {
-        "cascade": mode,
-        "stage1": [
-            {
-                "checkpoint": f"stage1/{name}/best.pt",
-                "patch": cfg.patch,
-                "infer_patch": cfg.window,  # the window its maps were made with, for stage 2
-                "downsample": cfg.downsample,
-            }
-            for name, cfg in stage1_configs(mode, base).items()
-        ],
-        "stage2": {
-            "checkpoint": "stage2/best.pt",
-            "patch": stage2.patch,
-            "infer_patch": stage2.window,
-        },
-    }
-    if not ranks.main:
-        return best
-    tmp = out / ".cascade.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / CASCADE_MANIFEST)
+            extra[cid].append(run.prediction(name, cid))
+    stage2 = stage2_config(mode, base)
+    second = run.stage2
+    best = train(stage2, spec, second.folder, resume=second.started, extra=extra, progress=progress)
+    if ranks.main:
+        run.write_manifest(mode, branches, stage2)
     return best

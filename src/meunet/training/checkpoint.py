@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from meunet.data.identity import dataset_changes
+from meunet.data.patch_size import parse_patch
 from meunet.errors import MeunetError
-from meunet.models import UNet3D, load_checkpoint, load_weights, save_model
+from meunet.models import UNet3D, canonical_name, load_checkpoint, load_weights, save_model
 
 #: Settings that may change between a run and its resumption (they do not change the model).
 RESUMABLE = {"epochs", "patience", "workers", "device"}
@@ -25,7 +26,7 @@ def check_compatible(
 ) -> None:
     """Refuse a checkpoint of another model, network config or training config."""
     name = getattr(model, "name", "unet")
-    if ckpt["model"] != name or ckpt["config"] != model.cfg.to_dict():
+    if canonical_name(ckpt["model"]) != name or ckpt["config"] != model.cfg.to_dict():
         raise MeunetError(
             f"{path}: checkpoint of model {ckpt['model']!r} with config {ckpt['config']}, but this run "
             f"builds {name!r} with {model.cfg.to_dict()}; resume with the config it was trained with, "
@@ -40,6 +41,12 @@ def check_settings(recorded: dict[str, Any], path: Path, train_config: dict[str,
     old = {"infer_patch": 0, **recorded}
     old = {k: v for k, v in old.items() if k not in RESUMABLE}
     new = {k: v for k, v in train_config.items() if k not in RESUMABLE}
+    for d in (old, new):  # "lowres" is read as "unet"
+        if "model" in d:
+            d["model"] = canonical_name(d["model"])
+        for key in ("patch", "infer_patch"):  # [64, 64, 64] is 64; a list reads as a tuple
+            if key in d:
+                d[key] = parse_patch(d[key], key, allow_auto=True)
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise MeunetError(

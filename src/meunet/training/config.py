@@ -1,30 +1,87 @@
-"""Training configuration: a YAML file plus typed ``--set key=value`` overrides."""
+"""The one run configuration: a nested YAML file plus typed ``--set a.b=value`` overrides.
+
+A run's settings fall into five sections, read by training, ``meunet plan``
+and ``meunet memory`` alike::
+
+    model:        {name: meunet, encoder_channels: [...], decoder_channels: [...], checkpointing: false}
+    sampler:      {patch: 64, k: 1.5, bg_threshold: 0.99, bg_keep: 0.1, patches_per_epoch: 0, downsample: 1}
+    optimisation: {batch: 2, micro_batches: 1, lr: 0.0009, epochs: 200, patience: 30}
+    runtime:      {device: auto, amp: true, workers: 0, seed: 0}
+    inference:    {infer_patch: 0, fusion: vote}
+
+``patch`` (and ``infer_patch``) is one side (a cube) or three, ``[z, y, x]``;
+``patch: auto`` (or ``auto:N``, within N^3 voxels) picks per-axis sides from
+the dataset's spacing (:func:`resolve_patch`).
+
+A flat file (every key at the top, as configs were written before sections)
+is read the same way. :class:`TrainConfig` holds the values, one attribute per
+key; :data:`SECTIONS` says where each key lives.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from meunet.data.patch_size import (
+    PatchSize,
+    as_json,
+    auto_cube,
+    compact,
+    parse_patch,
+    patch_shape,
+)
 from meunet.errors import MeunetError
+from meunet.models import canonical_name, variant
+
+#: The sections of a run configuration and the keys each holds.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "encoder_channels", "decoder_channels", "checkpointing"),
+    "sampler": ("patch", "k", "bg_threshold", "bg_keep", "patches_per_epoch", "downsample"),
+    "optimisation": ("batch", "micro_batches", "lr", "epochs", "patience"),
+    "runtime": ("device", "amp", "workers", "seed"),
+    "inference": ("infer_patch", "fusion"),
+}
+_SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+#: Keys named otherwise inside their section (``model: {name: meunet}``).
+_NESTED_NAME = {"model": "name"}
+_FLAT_NAME = {(_SECTION_OF[k], v): k for k, v in _NESTED_NAME.items()}
+EXPANDED_MULTIPLE = 16  # the paper's 5-level network pads to multiples of 2^4
+
+
+def expanded_patch(patch: PatchSize, k: float, multiple: int = EXPANDED_MULTIPLE) -> PatchSize:
+    """meU-net's expanded patch: ``k * patch`` per axis, each side rounded to a multiple of 16 (at least 16).
+
+    The one place this is computed (training, sampling, ``meunet plan`` and
+    ``meunet memory`` all call it). A cube's side gives a side, per-axis
+    sides give per-axis sides (:mod:`meunet.data.patch_size`).
+
+    Example:
+        >>> expanded_patch(64, 1.5), expanded_patch(32, 1.75), expanded_patch((16, 64, 64), 1.5)
+        (96, 64, (32, 96, 96))
+    """
+    m = multiple
+    return compact([max(m, int(k * p / m + 0.5) * m) for p in patch_shape(patch)])
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on besides the data (``configs/*.yaml``)."""
 
-    model: str = "meunet"  # unet | meunet | cascade-post | cascade-pre | lowres
+    model: str = "meunet"  # unet | meunet | cascade-post | cascade-pre (lowres: read as unet)
     encoder_channels: tuple[int, ...] = (16, 32, 64, 128, 128)
     decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
-    patch: int = 64  # standard patch side P
-    k: float = 1.5  # meU-net: expanded patch side k * P (rounded to a multiple of 16)
-    infer_patch: int = 0  # inference/validation window side (0: E for meU-net, else P)
+    patch: PatchSize | str = 64  # standard patch P: a side, [z, y, x] sides, or auto (auto:N)
+    k: float = 1.5  # meU-net: expanded patch k * P per axis (rounded to multiples of 16)
+    infer_patch: PatchSize = 0  # inference/validation window, like patch (0: E for meU-net, else P)
     batch: int = 2  # patches per optimizer step (the global batch, shared by DDP processes)
     micro_batches: int = 1  # split each batch, averaging the parts' gradients (what DDP does)
     lr: float = 9e-4  # Adam, the paper's
@@ -44,12 +101,30 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        object.__setattr__(self, "model", canonical_name(str(self.model)))
         problems = []
-        if self.patch < 16 or self.patch % 2:
-            problems.append(f"patch must be an even number >= 16, got {self.patch}")
-        if self.infer_patch and (self.infer_patch < 16 or self.infer_patch % 2):
+        try:
+            object.__setattr__(self, "patch", parse_patch(self.patch, "patch", allow_auto=True))
+            object.__setattr__(self, "infer_patch", parse_patch(self.infer_patch, "infer_patch"))
+        except MeunetError as e:
+            raise MeunetError(f"invalid training config: {e}") from None
+        try:
+            variant(self.model)
+        except MeunetError as e:
+            problems.append(str(e))
+        sides = () if self.patch_is_auto else patch_shape(self.patch)  # type: ignore[arg-type]
+        if any(p < 16 or p % 2 for p in sides):
+            what = (
+                "must be an even number"
+                if isinstance(self.patch, int)
+                else "sides must be even numbers"
+            )
+            problems.append(f"patch {what} >= 16, got {_written(self.patch)}")
+        if self.infer_patch and any(p < 16 or p % 2 for p in patch_shape(self.infer_patch)):
+            what = "an even number" if isinstance(self.infer_patch, int) else "even numbers"
             problems.append(
-                f"infer_patch must be 0 (the default window) or an even number >= 16, got {self.infer_patch}"
+                f"infer_patch must be 0 (the default window) or {what} >= 16, "
+                f"got {_written(self.infer_patch)}"
             )
         if not 1.0 <= self.k <= 4.0:
             problems.append(f"k must lie in [1, 4], got {self.k}")
@@ -66,11 +141,11 @@ class TrainConfig:
         for name in ("encoder_channels", "decoder_channels"):
             if any(c < 1 for c in getattr(self, name)):
                 problems.append(f"{name} must all be >= 1, got {list(getattr(self, name))}")
-        deepest = self.patch >> max(len(self.encoder_channels) - 1, 0)
-        if deepest <= 1 and 1 <= self.batch < 2 * max(self.micro_batches, 1):
+        deepest = math.prod(-(-p >> max(len(self.encoder_channels) - 1, 0)) for p in sides)
+        if sides and deepest <= 1 and 1 <= self.batch < 2 * max(self.micro_batches, 1):
             # BatchNorm needs two values per channel: one 1-voxel patch gives it one
             problems.append(
-                f"patch {self.patch} leaves one voxel at the deepest of {len(self.encoder_channels)} "
+                f"patch {_written(self.patch)} leaves one voxel at the deepest of {len(self.encoder_channels)} "
                 f"levels, and batch {self.batch} (micro_batches {self.micro_batches}) gives "
                 "BatchNorm one value there: use batch >= 2 per micro-batch, or a larger patch"
             )
@@ -89,31 +164,101 @@ class TrainConfig:
             raise MeunetError("invalid training config: " + "; ".join(problems))
 
     @property
-    def expanded(self) -> int:
-        """Expanded patch side for meU-net (a multiple of 16), else 0."""
-        if self.model != "meunet":
-            return 0
-        return max(16, int(self.k * self.patch / 16 + 0.5) * 16)
+    def patch_is_auto(self) -> bool:
+        """True while ``patch`` is ``auto`` (:func:`resolve_patch` picks it from the dataset)."""
+        return isinstance(self.patch, str)
 
     @property
-    def window(self) -> int:
-        """Sliding-window side used at inference: ``infer_patch``, else E for meU-net, else P.
+    def divisor(self) -> int:
+        """The network pads every input side to a multiple of this (2^(levels-1))."""
+        return 2 ** max(len(self.encoder_channels) - 1, 0)
 
-        A meU-net's deeper levels learned from E^3 expanded patches; windows of
+    def _sized(self) -> PatchSize:
+        if isinstance(self.patch, str):
+            raise MeunetError(
+                "patch: auto is chosen from the dataset's spacing and shapes; resolve it first "
+                "(meunet.training.config.resolve_patch(cfg, spec); training does)"
+            )
+        return self.patch
+
+    @property
+    def expanded(self) -> PatchSize:
+        """Expanded patch for a network with a deep head (:func:`expanded_patch`), else 0."""
+        if not variant(self.model).deep_head:
+            return 0
+        return expanded_patch(self._sized(), self.k)
+
+    @property
+    def window(self) -> PatchSize:
+        """Sliding-window size used at inference: ``infer_patch``, else E for meU-net, else P.
+
+        A meU-net's deeper levels learned from expanded patches; windows of
         E give them that much data to look at, and cost far less memory at
         inference than the expanded patches did in training.
         """
-        return self.infer_patch or self.expanded or self.patch
+        return self.infer_patch or self.expanded or self._sized()
 
     def to_dict(self) -> dict[str, Any]:
+        """Flat ``{key: value}`` (JSON types): what checkpoints record as ``train_config``.
+
+        A cube's side is recorded as an int and other sizes as ``[z, y, x]``.
+        """
         d = dataclasses.asdict(self)
         d["encoder_channels"] = list(self.encoder_channels)
         d["decoder_channels"] = list(self.decoder_channels)
+        for key in ("patch", "infer_patch"):
+            if isinstance(d[key], tuple):
+                d[key] = as_json(d[key])
         return d
 
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        """``{section: {key: value}}``, as a YAML config is written (:data:`SECTIONS`)."""
+        flat = self.to_dict()
+        return {
+            section: {_NESTED_NAME.get(k, k): flat[k] for k in keys}
+            for section, keys in SECTIONS.items()
+        }
 
-def checkpoint_window(ckpt: Mapping[str, Any]) -> int:
-    """The sliding-window side a checkpoint is meant to be predicted with.
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = True) -> TrainConfig:
+        """Build from a flat or nested mapping (a checkpoint's ``train_config``, a manifest's).
+
+        ``strict=False`` drops keys this version does not know (a record
+        written by another version of meunet) instead of refusing them.
+        """
+        flat = _flatten(data, "config")
+        known = {f.name: f.type for f in fields(cls)}
+        if not strict:
+            flat = {k: v for k, v in flat.items() if k in known}
+        unknown = sorted(set(flat) - set(known))
+        if unknown:
+            raise MeunetError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**{k: _coerce(k, v, known[k]) for k, v in flat.items()})
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> TrainConfig:
+        """The settings a checkpoint records (``train_config``, flat or nested).
+
+        A checkpoint from before they were recorded gets the defaults of its model.
+        """
+        given = {"model": ckpt.get("model", "unet"), **_flatten(ckpt.get("train_config") or {}, "")}
+        return cls.from_dict(given, strict=False)
+
+    def sampler_config(self) -> Any:
+        """The :class:`~meunet.data.sampling.SamplerConfig` this run samples patches with."""
+        from meunet.data.sampling import SamplerConfig
+
+        return SamplerConfig(
+            patch=self._sized(),
+            expanded=self.expanded,
+            bg_threshold=self.bg_threshold,
+            bg_keep=self.bg_keep,
+            max_patches=self.patches_per_epoch,
+        )
+
+
+def checkpoint_window(ckpt: Mapping[str, Any]) -> PatchSize:
+    """The sliding window a checkpoint is meant to be predicted with (an int: a cube's side).
 
     Training records the resolved :attr:`TrainConfig.window` as the checkpoint's
     ``infer_patch``; a checkpoint from before that gets the default its
@@ -124,14 +269,48 @@ def checkpoint_window(ckpt: Mapping[str, Any]) -> int:
         48
     """
     if ckpt.get("infer_patch"):
-        return int(ckpt["infer_patch"])
-    known = {f.name for f in fields(TrainConfig)}
-    given = {"model": ckpt.get("model", "unet"), **ckpt.get("train_config", {})}
-    return TrainConfig(**{k: v for k, v in given.items() if k in known}).window
+        return parse_patch(ckpt["infer_patch"], "checkpoint infer_patch")  # type: ignore[return-value]
+    return TrainConfig.from_checkpoint(ckpt).window
+
+
+def resolve_patch(
+    cfg: TrainConfig, spec: Any, case_ids: Sequence[str] | None = None
+) -> TrainConfig:
+    """``cfg`` with ``patch: auto`` replaced by :func:`~meunet.data.patch_size.auto_patch`'s choice.
+
+    The spacing is the dataset spec's, else the median of the cases' own; the
+    volumes are the training cases (``case_ids``, default the train split).
+    A config whose patch is given is returned as it is. The choice and any
+    thin axis are printed on stderr.
+    """
+    cube = auto_cube(cfg.patch)
+    if cube is None:
+        return cfg
+    from meunet.data.patch_size import dataset_patch
+
+    choice = dataset_patch(spec, case_ids, cube, cfg.divisor)
+    print(f"patch: auto -> {choice.describe()}", file=sys.stderr, flush=True)
+    for note in choice.notes:
+        print(f"warning: patch: auto: {note}", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, patch=choice.patch)
+
+
+def _written(size: Any) -> str:
+    """A size as a config writes it (``64``, ``[16, 64, 64]``)."""
+    return str(list(size)) if isinstance(size, tuple) else str(size)
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     text = str(kind)
+    if name in ("patch", "infer_patch"):  # one side or three; checked by TrainConfig
+        try:
+            return parse_patch(value, name, allow_auto=name == "patch")
+        except MeunetError:
+            auto = ", nor auto" if name == "patch" else ""
+            raise MeunetError(
+                f"training config: {name}={value!r} is not a valid int, nor three sides "
+                f"[z, y, x]{auto}"
+            ) from None
     try:
         if "tuple" in text:
             items = yaml.safe_load(value) if isinstance(value, str) else value
@@ -151,20 +330,67 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         raise MeunetError(f"training config: {name}={value!r} is not a valid {text}") from None
 
 
+def _flatten(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``{section: {key: v}}`` and/or ``{key: v}`` -> ``{key: v}``, refusing a key in the wrong section."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, v in value.items():
+                sub = _FLAT_NAME.get((key, sub), sub)
+                home = _SECTION_OF.get(sub)
+                if home is not None and home != key:
+                    raise MeunetError(f"{where}: {key}.{sub}: {sub} belongs in section {home}")
+                if home is None:
+                    raise MeunetError(
+                        f"{where}: unknown setting {key}.{sub}; section {key} holds "
+                        f"{[_NESTED_NAME.get(k, k) for k in SECTIONS[key]]}"
+                    )
+                flat[sub] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["sampler.patch=96", "lr=1e-3"]`` -> ``{"patch": "96", "lr": "1e-3"}`` (checked)."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise MeunetError(f"--set {item!r}: write key=value, e.g. --set sampler.patch=96")
+        key, value = (x.strip() for x in item.split("=", 1))
+        if "." in key:
+            section, sub = key.split(".", 1)
+            if section not in SECTIONS:
+                raise MeunetError(
+                    f"--set {item!r}: no section {section!r}; sections: {list(SECTIONS)}"
+                )
+            out.update(_flatten({section: {sub: value}}, f"--set {item!r}"))
+        else:
+            out[key] = value
+    return out
+
+
 def override(base: TrainConfig, items: list[str]) -> TrainConfig:
-    """``base`` with ``key=value`` overrides applied (parsed and checked as by :func:`load_config`)."""
+    """``base`` with ``key=value`` / ``section.key=value`` overrides (parsed and checked as by :func:`load_config`)."""
     if not items:
         return base
     given = load_config(None, items)
-    keys = {item.split("=", 1)[0].strip() for item in items}
+    keys = set(_parse_overrides(items))
     return dataclasses.replace(base, **{k: getattr(given, k) for k in keys})
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or the defaults) and apply ``key=value`` overrides."""
+    """Read a YAML config, nested or flat (or the defaults), and apply ``--set`` overrides.
+
+    Example:
+        >>> load_config(None, ["sampler.patch=32", "model.name=unet"]).window
+        32
+    """
     raw: dict[str, Any] = {}
+    where = "config"
     if path is not None:
         p = Path(path)
+        where = str(p)
         if not p.is_file():
             raise MeunetError(f"{p}: training config not found (see configs/ for examples)")
         try:
@@ -173,13 +399,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise MeunetError(f"{p}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise MeunetError(f"{p}: expected a mapping of training settings")
-    for item in overrides or []:
-        if "=" not in item:
-            raise MeunetError(f"--set {item!r}: write key=value, e.g. --set patch=96")
-        key, value = item.split("=", 1)
-        raw[key.strip()] = value.strip()
-    known = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise MeunetError(f"unknown training settings {unknown}; known: {sorted(known)}")
-    return TrainConfig(**{k: _coerce(k, v, known[k]) for k, v in raw.items()})
+    flat = _flatten(raw, where)
+    flat.update(_parse_overrides(overrides or []))
+    return TrainConfig.from_dict(flat)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meunet.data.io.atomic import atomic_path
 from meunet.data.volume import Volume, slab_depth
 from meunet.errors import SettingError, VolumeError
 
@@ -142,9 +143,8 @@ def overlay_png(
     out = Path(out)
     with claim_output(out, sources, overwrite, folder=False, command="overlay"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial.png")
-        fig.savefig(tmp, dpi=90)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
-        tmp.replace(out)
         mark(out, "overlay")
     return out

@@ -19,6 +19,14 @@ PNG            folder of 2D slices, ``x.png`` (1 slice)    yes*          no (rea
 (*) uncompressed multi-page TIFF is memory-mapped; compressed TIFF and slice
 folders (TIFF or PNG) read whole 2D pages of the z-range asked for.
 
+A path may name a region of a volume: ``scan.zarr[0:20,0:256,256:512]``
+(start:stop per axis z, y, x, stop excluded) opens only those voxels, with
+the origin of the region's first voxel (``bbox:`` in a dataset.yaml is
+written this way, see :mod:`meunet.data.spec`).
+
+Segment names and an assumed (unknown) spacing travel with the voxels from
+a volume read to one written; see :mod:`meunet.data.io.sidecar`.
+
 Gzip streams cannot be read at random: a crop of a ``.nii.gz`` or gzip
 ``.nrrd`` decompresses the file up to the crop. Convert such volumes once with
 ``meunet convert IN OUT.zarr`` before training or predicting on them.
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -35,11 +44,22 @@ from typing import Any
 
 import numpy as np
 
+from meunet.data.io.sidecar import as_segments, read_sidecar, write_sidecar
 from meunet.data.io.zarr_io import ZarrSlabWriter
-from meunet.data.volume import IDENTITY, Direction, Spacing, Volume, as_direction, as_spacing
+from meunet.data.volume import (
+    IDENTITY,
+    Bbox,
+    Direction,
+    Spacing,
+    Volume,
+    as_bbox,
+    as_direction,
+    as_spacing,
+    region,
+)
 from meunet.errors import FormatError, VolumeError
 
-__all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "write_volume"]
+__all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "split_region", "write_volume"]
 
 _SUFFIXES = {
     ".nii": "nifti", ".nii.gz": "nifti",
@@ -58,6 +78,10 @@ _ORIENTED = ("nifti", "nrrd", "zarr")  # formats whose writer keeps direction an
 _READ_ONLY = ("png",)  # formats meunet reads but does not write
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _SLICE_SUFFIXES = {"tiff": (".tif", ".tiff"), "png": (".png",)}
+_NATIVE_META = ("zarr", "hdf5")  # formats whose writer keeps segments and spacing_known
+_REGION = re.compile(  # PATH[z0:z1,y0:y1,x0:x1]
+    r"^(.*)\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$"
+)
 _SUPPORTED = ", ".join(sorted(_SUFFIXES)) + ", or a folder of 2D TIFF or PNG slices"
 
 
@@ -68,6 +92,23 @@ def split_hdf5_path(path: str) -> tuple[str, str | None]:
         if i >= 0:
             return path[: i + len(ext)], path[i + len(ext) + 1 :] or None
     return path, None
+
+
+def split_region(path: str | Path) -> tuple[str, Bbox | None]:
+    """Split ``scan.zarr[z0:z1,y0:y1,x0:x1]`` into the path and the box (None if absent).
+
+    A path that exists as written is never split, whatever its name.
+
+    Example:
+        >>> split_region("scan.zarr[0:20,0:256,256:512]")
+        ('scan.zarr', ((0, 20), (0, 256), (256, 512)))
+    """
+    text = str(path)
+    m = _REGION.match(text)
+    if m is None or os.path.exists(text):
+        return text, None
+    n = [int(v) for v in m.groups()[1:]]
+    return m.group(1), as_bbox([n[0:2], n[2:4], n[4:6]], text)
 
 
 def detect_format(path: str | Path, must_exist: bool = True) -> str:
@@ -128,7 +169,8 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
     """Open a 3D volume lazily, whatever its format.
 
     Args:
-        path: File or folder; HDF5 takes ``file.h5:/dataset``.
+        path: File or folder; HDF5 takes ``file.h5:/dataset``; a suffix
+            ``[z0:z1,y0:y1,x0:x1]`` opens that region alone.
         spacing: (z, y, x) voxel size overriding the one stored in the file.
 
     Returns:
@@ -143,7 +185,7 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
         >>> vol.shape, vol.spacing                     # doctest: +SKIP
         ((1072, 470, 470), (2.95, 2.95, 2.95))
     """
-    text = str(path)
+    text, box = split_region(path)
     file_part, _ = split_hdf5_path(text)
     if not os.path.exists(file_part):
         raise VolumeError(
@@ -153,6 +195,12 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
     fmt = detect_format(text)
     try:
         vol = _module(fmt).read(text)
+        if fmt not in _NATIVE_META:
+            side = read_sidecar(file_part)
+            if side.get("segments") and not vol.meta.get("segments"):
+                vol.meta["segments"] = as_segments(side["segments"], file_part + ".json")
+            if side.get("spacing_known") is False:
+                vol.spacing_known = False
     except (VolumeError, MemoryError):
         raise
     except Exception as e:  # every reader library fails on corrupt files in its own way
@@ -163,6 +211,12 @@ def open_volume(path: str | Path, spacing: Spacing | None = None) -> Volume:
     if spacing is not None:
         vol.spacing = as_spacing(spacing, text)
         vol.spacing_known = True
+    if box is not None:
+        try:
+            vol = region(vol, box)
+        except VolumeError:
+            vol.close()
+            raise
     return vol
 
 
@@ -180,6 +234,8 @@ def write_volume(
     space: str | None = None,
     overwrite: bool = False,
     inputs: Sequence[Any] = (),
+    segments: Any = None,
+    spacing_known: bool | None = None,
     **kwargs: Any,
 ) -> None:
     """Write a 3D array or lazy volume; the format follows the suffix.
@@ -191,7 +247,8 @@ def write_volume(
     and space default to those of ``data`` when it is a :class:`Volume`,
     else to 1, 0, identity and none. NIfTI, NRRD and Zarr keep the
     direction (see :mod:`meunet.data.volume`); HDF5, NumPy and TIFF store
-    spacing and origin only.
+    spacing and origin only. Segment names and an unknown spacing are kept
+    too (:mod:`meunet.data.io.sidecar`).
 
     Args:
         path: Output path; HDF5 takes ``file.h5:/dataset`` (default ``/volume``).
@@ -204,6 +261,10 @@ def write_volume(
             replaces its own outputs anyway, and never an input (``data``, or
             ``inputs``), see :mod:`meunet.data.io.ownership`.
         inputs: Further paths or volumes ``data`` is made from.
+        segments: Segment names of a label volume (``[{name, label}]`` or
+            ``{label: name}``); default: those of ``data`` when it is a Volume.
+        spacing_known: False records that the spacing was assumed, not
+            measured; default: ``data``'s when it is a Volume, else True.
         **kwargs: Format options (Zarr: ``chunks``, ``zarr_format``, ``ome``;
             HDF5: ``chunks``, ``compression``; TIFF: ``compression``).
     """
@@ -219,10 +280,19 @@ def write_volume(
         direction = data.direction if isinstance(data, Volume) else IDENTITY
     if space is None:
         space = data.space if isinstance(data, Volume) else ""
+    if segments is None and isinstance(data, Volume):
+        segments = data.meta.get("segments")
+    segments = as_segments(segments, str(path))
+    if spacing_known is None:
+        spacing_known = data.spacing_known if isinstance(data, Volume) else True
     spacing = as_spacing(spacing, str(path))
     fmt = detect_format(path, must_exist=False)
     if fmt in _ORIENTED:
         kwargs = {"direction": as_direction(direction, str(path)), "space": space, **kwargs}
+    if fmt in _NATIVE_META:
+        kwargs = {"segments": segments, "spacing_known": spacing_known, **kwargs}
+    elif fmt == "nrrd" and segments:
+        kwargs = {"segments": segments, **kwargs}
     from meunet.data.io.ownership import claim_output, mark, marker_info
 
     sources = [*inputs, data] if isinstance(data, Volume) else list(inputs)
@@ -232,5 +302,7 @@ def write_volume(
         ours = fmt != "hdf5" or not os.path.exists(file_part) or marker_info(file_part) is not None
         Path(file_part).parent.mkdir(parents=True, exist_ok=True)
         _module(fmt).write(str(path), data, spacing, origin, **kwargs)
+        if fmt not in _NATIVE_META:
+            write_sidecar(file_part, segments if fmt != "nrrd" else [], bool(spacing_known))
         if ours:
             mark(file_part, "write")

@@ -2,15 +2,20 @@
 
 Voxel size is read from the dataset attribute ``spacing`` (z, y, x), or
 ``element_size_um`` (the ilastik / Fiji convention, also z, y, x); without
-either it is 1, marked unknown.
+either it is 1, marked unknown. Segment names and an assumed spacing are
+the attributes ``segments`` (JSON text) and ``spacing_known`` (false).
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import h5py
 import numpy as np
 
 from meunet.data.io.atomic import atomic_path
+from meunet.data.io.sidecar import as_segments
 from meunet.data.volume import Slices, Spacing, Volume, as_spacing, slab_depth
 from meunet.errors import VolumeError
 
@@ -54,6 +59,8 @@ def read(path: str) -> Volume:
         attrs = dict(ds.attrs)
         spacing = as_spacing(attrs.get("spacing", attrs.get("element_size_um", (1, 1, 1))), path)
         known = "spacing" in attrs or "element_size_um" in attrs
+        known = known and bool(attrs.get("spacing_known", True))
+        segments = as_segments(json.loads(attrs["segments"]) if "segments" in attrs else None, path)
         o = attrs.get("origin", (0.0, 0.0, 0.0))
     except BaseException:
         f.close()
@@ -71,7 +78,7 @@ def read(path: str) -> Volume:
         origin=(float(o[0]), float(o[1]), float(o[2])),
         read_crop=read_crop,
         format="hdf5",
-        meta={"chunks": ds.chunks},
+        meta={"chunks": ds.chunks, "segments": segments},
         close=f.close,
     )
 
@@ -83,6 +90,8 @@ def write(
     origin: Spacing,
     chunks: tuple[int, int, int] | bool | None = True,
     compression: str | None = None,
+    segments: Any = None,
+    spacing_known: bool = True,
 ) -> None:
     """Write one dataset, slab by slab. An existing file gets the dataset added or replaced."""
     import os
@@ -110,6 +119,10 @@ def write(
             ds.attrs["spacing"] = np.asarray(as_spacing(spacing, path))
             ds.attrs["origin"] = np.asarray(origin, dtype=float)
             ds.attrs["meunet"] = "written by meunet"  # ownership: meunet may replace it
+            if segments:  # JSON text: HDF5 attributes hold no list of mappings
+                ds.attrs["segments"] = json.dumps(as_segments(segments, path))
+            if not spacing_known:
+                ds.attrs["spacing_known"] = False
             depth = slab_depth(data.shape, data.dtype)
             for z0 in range(0, data.shape[0], depth):
                 ds[z0 : z0 + depth] = np.asarray(data[z0 : z0 + depth])

@@ -23,6 +23,7 @@ import nrrd
 import numpy as np
 
 from meunet.data.io.atomic import atomic_path
+from meunet.data.io.sidecar import as_segments
 from meunet.data.volume import (
     IDENTITY,
     Direction,
@@ -163,13 +164,15 @@ def write(
     direction: Direction = IDENTITY,
     space: str = "",
     encoding: str | None = None,
-    segments: dict[int, str] | None = None,
+    segments: Any = None,
 ) -> None:
     """Write a (z, y, x) array as NRRD with its spacing, origin and direction.
 
     ``.seg.nrrd`` files are gzip-encoded label maps and carry ``segments``
-    ({label value: name}) so that 3D Slicer shows them as a segmentation;
-    other files are raw (memory-mappable) unless ``encoding`` says otherwise.
+    (``[{name, label, layer}]`` or ``{label value: name}``; default one per
+    value found) so that 3D Slicer shows them as a segmentation; other files
+    are raw (memory-mappable) unless ``encoding`` says otherwise, and carry
+    ``segments`` in the same header fields when given.
     """
     if path.lower().endswith(".nhdr"):
         raise VolumeError(
@@ -186,12 +189,13 @@ def write(
         "kinds": ["domain"] * 3,
         "encoding": encoding or ("gzip" if is_seg else "raw"),
     }
-    if is_seg:
-        values = segments or {int(v): f"Segment_{int(v)}" for v in np.unique(data) if v != 0}
-        for i, (value, name) in enumerate(sorted(values.items())):
-            header[f"Segment{i}_ID"] = f"Segment_{value}"
-            header[f"Segment{i}_Name"] = name
-            header[f"Segment{i}_LabelValue"] = str(value)
-            header[f"Segment{i}_Layer"] = "0"
+    listed = as_segments(segments, path)
+    if is_seg and not listed:
+        listed = as_segments({int(v): f"Segment_{int(v)}" for v in np.unique(data) if v != 0})
+    for i, seg in enumerate(sorted(listed, key=lambda s: (s["layer"], s["label"]))):
+        header[f"Segment{i}_ID"] = f"Segment_{seg['label']}"
+        header[f"Segment{i}_Name"] = seg["name"]
+        header[f"Segment{i}_LabelValue"] = str(seg["label"])
+        header[f"Segment{i}_Layer"] = str(seg["layer"])
     with atomic_path(path) as tmp:
         nrrd.write(tmp, data, header, index_order="C")

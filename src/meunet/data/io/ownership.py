@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from meunet.data.io.atomic import atomic_path
 from meunet.data.io.locks import OutputLock, writer_info
 from meunet.data.io.locks import split_output as _split
 from meunet.errors import MeunetError
@@ -67,10 +68,8 @@ def mark(path: str | Path, command: str = "meunet") -> None:
         st = os.stat(path)
         info.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         target = _sidecar(path)
-    tmp = target + ".partial"
-    with open(tmp, "w") as f:
+    with atomic_path(target) as tmp, open(tmp, "w") as f:
         json.dump(info, f)
-    os.replace(tmp, target)
 
 
 def marker_info(path: str | Path) -> dict[str, Any] | None:
@@ -130,9 +129,11 @@ def _overlaps(a: str, b: str) -> bool:
 
 
 def _input_paths(inputs: Iterable[Any]) -> list[tuple[str, str | None]]:
+    from meunet.data.io import split_region
+
     out = []
     for item in inputs:
-        text = str(getattr(item, "path", item))
+        text = split_region(str(getattr(item, "path", item)))[0]  # a region is its volume's file
         file_part, dataset = _split(text)
         out.append((file_part, dataset))
     return out

@@ -3,7 +3,9 @@
 A plain Zarr array keeps its geometry in the attributes ``spacing``,
 ``origin`` (z, y, x), ``direction`` (3x3, see :mod:`meunet.data.volume`) and
 ``space``; an OME-Zarr group written by meunet keeps the last two as group
-attributes beside its ``coordinateTransformations``, which have no rotation. An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3)
+attributes beside its ``coordinateTransformations``, which have no rotation.
+Segment names (``segments``) and an assumed spacing (``spacing_known``:
+false) are attributes too, see :mod:`meunet.data.io.sidecar`. An OME-Zarr group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3)
 is read at level 0 with the voxel size of its ``coordinateTransformations``.
 
 Arrays written by :class:`ZarrSlabWriter` carry ``meunet.complete``: false
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from meunet.data.io.sidecar import as_segments
 from meunet.data.volume import (
     IDENTITY,
     Direction,
@@ -136,6 +139,8 @@ def read(path: str | Path) -> Volume:
         if arr.ndim != 3:
             raise VolumeError(f"{path}: Zarr array has shape {arr.shape}; meunet reads 3D volumes")
     known = ms is not None or "spacing" in arr.attrs  # OME-Zarr requires a scale
+    described = {**dict(node.attrs), **dict(arr.attrs)}  # an OME group's, then the array's
+    known = known and described.get("spacing_known") is not False
     state = dict(arr.attrs).get("meunet", {})
     if state.get("complete") is False:
         raise VolumeError(
@@ -168,7 +173,11 @@ def read(path: str | Path) -> Volume:
         space=space,
         read_crop=read_crop,
         format="zarr",
-        meta={"chunks": tuple(arr.chunks), "zarr_format": arr.metadata.zarr_format},
+        meta={
+            "chunks": tuple(arr.chunks),
+            "zarr_format": arr.metadata.zarr_format,
+            "segments": as_segments(described.get("segments"), path),
+        },
     )
 
 
@@ -281,6 +290,8 @@ class ZarrSlabWriter:
         overwrite: Replace an existing store that meunet did not write (one it
             wrote is replaced anyway; see :mod:`meunet.data.io.ownership`).
         inputs: Paths or volumes the data comes from: the store is never one of them.
+        segments: Segment names of a label volume (:mod:`meunet.data.io.sidecar`).
+        spacing_known: False records that the spacing was assumed, not measured.
 
     Example:
         >>> with ZarrSlabWriter("out.zarr", (200, 64, 64), "uint8") as w:  # doctest: +SKIP
@@ -303,6 +314,8 @@ class ZarrSlabWriter:
         compressors: Any = "auto",
         overwrite: bool = False,
         inputs: Sequence[Any] = (),
+        segments: Any = None,
+        spacing_known: bool = True,
     ) -> None:
         from meunet.data.io.ownership import make_folder, prepare_output, remove_owned
 
@@ -312,6 +325,11 @@ class ZarrSlabWriter:
         self.shape = tuple(int(n) for n in shape)
         spacing = as_spacing(spacing, self.path)
         geometry = geometry_attributes(spacing, origin, as_direction(direction, self.path), space)
+        described: dict[str, Any] = {}
+        if segments:
+            described["segments"] = as_segments(segments, self.path)
+        if not spacing_known:
+            described["spacing_known"] = False
         chunks = chunks or tuple(min(DEFAULT_CHUNK, n) for n in self.shape)
         ome = self.path.rstrip("/").endswith(".ome.zarr") if ome is None else ome
         state = {"meunet": {"complete": False}}
@@ -319,8 +337,8 @@ class ZarrSlabWriter:
         make_folder(self.path)  # the marker first: a crash from here on leaves a store of ours
         if ome:
             group = zarr.create_group(self.path, zarr_format=zarr_format)
-            ms = _ome_metadata(spacing, origin)
-            group.attrs.update({k: geometry[k] for k in ("direction", "space")})
+            ms = _ome_metadata(spacing, origin, ome_unit(space))
+            group.attrs.update({**{k: geometry[k] for k in ("direction", "space")}, **described})
             if zarr_format == 3:
                 group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
             else:
@@ -336,7 +354,7 @@ class ZarrSlabWriter:
                 **_dimension_names(zarr_format),
             )
         else:
-            attrs = {**geometry, **state}
+            attrs = {**geometry, **described, **state}
             self.array = zarr.create_array(
                 self.path,
                 shape=self.shape,
@@ -374,12 +392,24 @@ def _dimension_names(zarr_format: int) -> dict[str, Any]:
     return {"dimension_names": ("z", "y", "x")} if zarr_format == 3 else {}
 
 
-def _ome_metadata(spacing: Spacing, origin: Spacing) -> dict[str, Any]:
-    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(spacing)}]
-    if any(origin):
-        transforms.append({"type": "translation", "translation": [float(v) for v in origin]})
+def ome_unit(space: str) -> str:
+    """The NGFF unit of a volume's spacing: millimetres in a NIfTI/NRRD world frame, else micrometres.
+
+    meunet's volumes carry no unit; a world ``space`` (RAS, LPS, ...) comes
+    from NIfTI or NRRD, whose unit is the millimetre, and a volume without one
+    is taken to be microCT, measured in micrometres (the phantom's unit).
+    """
+    return "millimeter" if space else "micrometer"
+
+
+def _ome_metadata(spacing: Spacing, origin: Spacing, unit: str = "micrometer") -> dict[str, Any]:
+    """NGFF multiscales of one level: axes with units, scale = spacing, translation = origin."""
+    transforms: list[dict[str, Any]] = [
+        {"type": "scale", "scale": [float(v) for v in spacing]},
+        {"type": "translation", "translation": [float(v) for v in origin]},
+    ]
     return {
-        "axes": [{"name": n, "type": "space"} for n in "zyx"],
+        "axes": [{"name": n, "type": "space", "unit": unit} for n in "zyx"],
         "datasets": [{"path": "0", "coordinateTransformations": transforms}],
         "name": "meunet",
     }
