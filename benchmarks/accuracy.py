@@ -94,11 +94,11 @@ SIZES: dict[str, dict[str, Any]] = {
     # one GPU call: the paper's channels, P = 64, k = 1.5, AMP; U-net at P and at E, meU-net
     "gpu": {
         "train": TrainConfig(
-            patch=64, k=1.5, batch=2, lr=9e-4, epochs=14, patience=5, patches_per_epoch=48,
+            patch=64, k=1.5, batch=2, lr=9e-4, epochs=30, patience=8, patches_per_epoch=48,
             bg_keep=0.1, device="cuda", amp=True, checkpointing=True,
         ),
         "phantom_shape": (192, 192, 192), "context": 40.0, "wide_patch": 96,
-        "seeds": (0,), "brats_factor": 1, "cases": 6,
+        "seeds": (0,), "brats_factor": 1, "cases": 12,
         "configs": ("unet-P", "unet-wide", "meunet-k150"),
     },
 }  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The accuracy benchmark's GPU variant, sized to finish in about 8 minutes on one H100 or
-# H200: the paper's channels, P = 64, k = 1.5, AMP and checkpointing, on one seed of the
-# context phantom (6 cases of 192^3, cue distance D = 40, so P/2 < D < E/2): U-net at P,
+# The accuracy benchmark's GPU variant, meant for one 9-minute call on one H100 or H200 (its
+# step cap is not yet timed on a GPU; LIMIT stops it at 500 s): the paper's channels, P = 64, k = 1.5, AMP and checkpointing, on one seed of the
+# context phantom (12 cases of 192^3, cue distance D = 40, so P/2 < D < E/2): U-net at P,
 # U-net at E (the learnability control) and meU-net, each trained to early stopping under a
 # step cap, each scored at windows P, E(1.5) and E(1.75). Writes accuracy_gpu.md / .json
 # under $OUT (default /tmp/meunet-out; copy them to benchmarks/results/). On a machine with
