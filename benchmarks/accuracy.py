@@ -132,21 +132,40 @@ def windows_of(base: TrainConfig) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- data
 
+# Bumped whenever the phantom's rendering changes, so that cached datasets are not reused.
+PHANTOM_VERSION = "2: context markers of two kinds"
+
 
 def phantom_runs(
     size: dict[str, Any], work: Path, seeds: Iterable[int], context: float
 ) -> list[tuple[str, int, DatasetSpec]]:
-    """One fresh phantom dataset per seed: 5 train, 1 val and the rest test."""
+    """One fresh phantom dataset per seed: the last two cases test, the one before validates.
+
+    Each dataset folder records what it was made with (``bench.json``); a folder made
+    with other settings, or by an older phantom, is refused rather than reused.
+    """
     kind = "context" if context else "phantom"
     runs = []
     for seed in seeds:
         folder = work / f"{kind}-seed{seed}" / "data"
         yaml_path = folder / "dataset.yaml"
-        if not yaml_path.is_file():
+        made = {
+            "cases": size.get("cases", 8), "shape": list(size["phantom_shape"]), "seed": seed,
+            "context": context, "phantom": PHANTOM_VERSION,
+        }  # fmt: skip
+        stamp = folder.parent / "bench.json"
+        if yaml_path.is_file():
+            if not stamp.is_file() or json.loads(stamp.read_text()) != made:
+                sys.exit(
+                    f"{folder} was made with other settings or an older phantom than {made}; "
+                    "choose another --work folder or delete that one"
+                )
+        else:
             make_phantom_dataset(
-                folder, size.get("cases", 8), size["phantom_shape"], seed, progress=False,
+                folder, made["cases"], size["phantom_shape"], seed, progress=False,
                 **({"context_distance": context} if context else {}),
             )  # fmt: skip
+            stamp.write_text(json.dumps(made))
         spec = load_spec(yaml_path)
         ids = list(spec.cases)
         n_train = len(ids) - 3 if len(ids) > 5 else len(ids) - 2
