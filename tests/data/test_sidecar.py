@@ -13,7 +13,7 @@ import zarr
 from meunet.cli.main import main
 from meunet.data.io import open_volume, write_volume
 from meunet.data.io.sidecar import as_segments, segment_table, sidecar_path
-from meunet.errors import VolumeError
+from meunet.errors import MeunetError, VolumeError
 
 SEGMENTS = [
     {"name": "liver", "label": 1, "layer": 0},
@@ -115,3 +115,17 @@ def test_segments_forms() -> None:
     assert as_segments(None) == []
     with pytest.raises(VolumeError, match="list of \\{name, label\\}"):
         as_segments([{"name": "a"}])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".tif", ".nrrd"])
+def test_a_sidecar_meunet_did_not_write_stays_byte_identical(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"labels{suffix}"
+    side = Path(sidecar_path(str(path)))
+    side.write_text('{"segments": [{"name": "mine", "label": 1}]}')  # the user's own file
+    before = side.read_bytes()
+    for segments in ({1: "a"}, None):  # rewriting and removing are both refused
+        with pytest.raises(MeunetError, match="did not write it"):
+            write_volume(path, np.zeros((2, 3, 4), np.uint8), segments=segments)
+        assert side.read_bytes() == before and not path.exists()
+    write_volume(path, np.zeros((2, 3, 4), np.uint8), segments={1: "a"}, overwrite=True)
+    assert open_volume(path).meta["segments"][0]["name"] == "a"

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from meunet.data.io.sidecar import as_segments, read_sidecar, write_sidecar
+from meunet.data.io.sidecar import as_segments, read_sidecar, sidecar_path, write_sidecar
 from meunet.data.io.zarr_io import ZarrSlabWriter
 from meunet.data.volume import (
     IDENTITY,
@@ -57,7 +57,7 @@ from meunet.data.volume import (
     as_spacing,
     region,
 )
-from meunet.errors import FormatError, VolumeError
+from meunet.errors import FormatError, MeunetError, VolumeError
 
 __all__ = ["ZarrSlabWriter", "detect_format", "open_volume", "split_region", "write_volume"]
 
@@ -293,16 +293,30 @@ def write_volume(
         kwargs = {"segments": segments, "spacing_known": spacing_known, **kwargs}
     elif fmt == "nrrd" and segments:
         kwargs = {"segments": segments, **kwargs}
-    from meunet.data.io.ownership import claim_output, mark, marker_info
+    from meunet.data.io.ownership import claim_output, mark, marker_info, unmark
 
     sources = [*inputs, data] if isinstance(data, Volume) else list(inputs)
     file_part = split_hdf5_path(str(path))[0]
+    side = sidecar_path(file_part)
     with claim_output(path, sources, overwrite):
         # an HDF5 file meunet adds a dataset to stays the user's; any other output is meunet's
         ours = fmt != "hdf5" or not os.path.exists(file_part) or marker_info(file_part) is not None
+        # A NumPy file's sidecar is part of the output (its spacing); another format's
+        # sidecar is rewritten or removed only if meunet wrote it, or with overwrite.
+        if fmt not in (*_NATIVE_META, "numpy") and os.path.exists(side) and not overwrite:
+            if marker_info(side) is None:
+                raise MeunetError(
+                    f"{side}: exists beside the output {path} and meunet did not write it; "
+                    "meunet keeps segment names and an unknown spacing there: move it away, or "
+                    "pass --overwrite to replace it"
+                )
         Path(file_part).parent.mkdir(parents=True, exist_ok=True)
         _module(fmt).write(str(path), data, spacing, origin, **kwargs)
         if fmt not in _NATIVE_META:
             write_sidecar(file_part, segments if fmt != "nrrd" else [], bool(spacing_known))
+            if fmt != "numpy" and os.path.exists(side):
+                mark(side, "write")
+            elif fmt != "numpy":
+                unmark(side)  # the sidecar was removed: so is its marker
         if ours:
             mark(file_part, "write")

@@ -235,7 +235,7 @@ def prepare_output(
     if not os.path.lexists(file_path) or _empty_dir(file_path) or marker_info(file_path):
         if folder and os.path.isfile(file_path):  # our own file where a folder goes
             os.remove(file_path)
-            _remove_sidecar(file_path)
+            unmark(file_path)
         return
     if os.path.isdir(file_path) and not folder:
         raise MeunetError(
@@ -275,7 +275,8 @@ def _default_h5_dataset() -> str:
     return DEFAULT_DATASET
 
 
-def _remove_sidecar(path: str) -> None:
+def unmark(path: str) -> None:
+    """Drop the marker of a file meunet made (after removing the file itself)."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(_sidecar(path))
 
@@ -327,7 +328,7 @@ def remove_owned(path: str | Path) -> None:
         shutil.rmtree(text)
     else:
         os.remove(text)
-        _remove_sidecar(text)
+        unmark(text)
 
 
 @contextlib.contextmanager
