@@ -107,6 +107,12 @@ def add_chunks_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_spacing_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"), help=help
+    )
+
+
 def add_shape_option(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument(
         "--shape", type=int, nargs=3, default=(128, 96, 96), metavar=("Z", "Y", "X"), help=help
@@ -139,13 +145,8 @@ def add_cut_options(p: argparse.ArgumentParser) -> None:
         "else background, class1, ...)",
     )
     p.add_argument("--channels", nargs="+", default=None, metavar="NAME", help="channel names")
-    p.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="voxel size overriding the files' (written to the cases and to dataset.yaml)",
+    add_spacing_option(
+        p, "voxel size overriding the files' (written to the cases and to dataset.yaml)"
     )
     p.add_argument(
         "--min-size",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meunet.cli.options import HELP_OVERWRITE, add_chunks_option
+from meunet.cli.options import HELP_OVERWRITE, add_chunks_option, add_spacing_option
 
 HELP = "stream a volume to another format (e.g. .nii.gz -> chunked .zarr)"
 DESCRIPTION = None
@@ -15,14 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE)
     add_chunks_option(p)
-    p.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("Z", "Y", "X"),
-        help="override the voxel size",
-    )
+    add_spacing_option(p, "override the voxel size")
     p.add_argument(
         "--zarr-format", type=int, choices=(2, 3), default=3, help="Zarr format version (default 3)"
     )
