@@ -31,13 +31,19 @@ This benchmark answers it under one protocol:
   when the interval lies above 0, *fails* when it lies below, and is
   *inconclusive* otherwise.
 
-    .venv/bin/python benchmarks/accuracy.py --datasets context        # CPU sizes
-    .venv/bin/python benchmarks/accuracy.py --sizes gpu                # one GPU, one seed
+    .venv/bin/python benchmarks/accuracy.py --datasets context        # small sizes, CPU
+    .venv/bin/python benchmarks/accuracy.py --datasets context --set device=cuda --jobs 15
+    .venv/bin/python benchmarks/accuracy.py --sizes paper              # one GPU, one seed
+
+Small networks leave a GPU mostly idle: ``--jobs N`` trains N (dataset, seed,
+configuration) triples at once, each in its own process, and ``--deadline S``
+stops training S - 60 seconds after the start and scores each network's best
+checkpoint so far (marked in the table; a rerun resumes them).
 
 Every trained network, prediction and score is cached in ``--work`` per
 (dataset, seed, configuration, window): rerunning the command resumes, and
 the report is rewritten after each configuration, marking what is missing.
-Writes ``benchmarks/results/accuracy{,_gpu}.md`` and ``.json``.
+Writes ``benchmarks/results/accuracy{,_paper}.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -47,10 +53,15 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +91,8 @@ GIB = 2**30
 BOOTSTRAP = 10_000
 
 SIZES: dict[str, dict[str, Any]] = {
-    # what two CPU cores allow
-    "cpu": {
+    # what two CPU cores allow (or one GPU, with --set device=cuda --jobs N)
+    "small": {
         "train": TrainConfig(
             encoder_channels=(16, 32, 32, 64, 64), decoder_channels=(32, 32, 16, 16), patch=32,
             batch=4, lr=1e-3, epochs=150, patience=30, patches_per_epoch=48, bg_keep=0.1,
@@ -91,8 +102,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "seeds": (0, 1, 2), "brats_factor": 2,
         "configs": CONFIGS,
     },
-    # one GPU call: the paper's channels, P = 64, k = 1.5, AMP; U-net at P and at E, meU-net
-    "gpu": {
+    # one GPU: the paper's channels, P = 64, k = 1.5, AMP; U-net at P and at E, meU-net
+    "paper": {
         "train": TrainConfig(
             patch=64, k=1.5, batch=2, lr=9e-4, epochs=30, patience=8, patches_per_epoch=48,
             bg_keep=0.1, device="cuda", amp=True, checkpointing=True,
@@ -116,6 +127,7 @@ CLAIMS = [
     ("cascade-post", "own", "cascade-lowres", "own", "0.768 vs 0.659 (Table 3)"),
 ]
 LEARNABLE = 0.7  # the control's small-class Dice below which the task is not shown learnable
+SCORING = 30  # seconds a job keeps after its training time limit to score its best checkpoint
 
 
 def log(msg: str) -> None:
@@ -136,37 +148,53 @@ def windows_of(base: TrainConfig) -> dict[str, int]:
 PHANTOM_VERSION = "2: context markers of two kinds"
 
 
+def _phantom_data(folder: Path, made: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Make (or check) one seed's phantom dataset in ``folder``."""
+    yaml_path = folder / "dataset.yaml"
+    stamp = folder.parent / "bench.json"
+    if yaml_path.is_file():
+        if not stamp.is_file() or json.loads(stamp.read_text()) != made:
+            sys.exit(
+                f"{folder} was made with other settings or an older phantom than {made}; "
+                "choose another --work folder or delete that one"
+            )
+        return
+    context = made["context"]
+    make_phantom_dataset(
+        folder, made["cases"], shape, made["seed"], progress=False,
+        **({"context_distance": context} if context else {}),
+    )  # fmt: skip
+    stamp.write_text(json.dumps(made))
+
+
 def phantom_runs(
     size: dict[str, Any], work: Path, seeds: Iterable[int], context: float
 ) -> list[tuple[str, int, DatasetSpec]]:
     """One fresh phantom dataset per seed: the last two cases test, the one before validates.
 
     Each dataset folder records what it was made with (``bench.json``); a folder made
-    with other settings, or by an older phantom, is refused rather than reused.
+    with other settings, or by an older phantom, is refused rather than reused. The seeds'
+    datasets are made in parallel processes.
     """
     kind = "context" if context else "phantom"
+    folders = {seed: work / f"{kind}-seed{seed}" / "data" for seed in seeds}
+    shape = tuple(size["phantom_shape"])
+    made = {
+        seed: {
+            "cases": size.get("cases", 8),
+            "shape": list(shape),
+            "seed": seed,
+            "context": context,
+            "phantom": PHANTOM_VERSION,
+        }
+        for seed in folders
+    }
+    with ProcessPoolExecutor(max(1, min(len(folders), os.cpu_count() or 1))) as pool:
+        for done in [pool.submit(_phantom_data, f, made[s], shape) for s, f in folders.items()]:
+            done.result()
     runs = []
-    for seed in seeds:
-        folder = work / f"{kind}-seed{seed}" / "data"
-        yaml_path = folder / "dataset.yaml"
-        made = {
-            "cases": size.get("cases", 8), "shape": list(size["phantom_shape"]), "seed": seed,
-            "context": context, "phantom": PHANTOM_VERSION,
-        }  # fmt: skip
-        stamp = folder.parent / "bench.json"
-        if yaml_path.is_file():
-            if not stamp.is_file() or json.loads(stamp.read_text()) != made:
-                sys.exit(
-                    f"{folder} was made with other settings or an older phantom than {made}; "
-                    "choose another --work folder or delete that one"
-                )
-        else:
-            make_phantom_dataset(
-                folder, made["cases"], size["phantom_shape"], seed, progress=False,
-                **({"context_distance": context} if context else {}),
-            )  # fmt: skip
-            stamp.write_text(json.dumps(made))
-        spec = load_spec(yaml_path)
+    for seed, folder in folders.items():
+        spec = load_spec(folder / "dataset.yaml")
         ids = list(spec.cases)
         n_train = len(ids) - 3 if len(ids) > 5 else len(ids) - 2
         split = {
@@ -267,8 +295,24 @@ def training_record(run: Run, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+class TimeUp(BaseException):
+    """Raised in a training that reached the benchmark's time limit (a BaseException, like
+    KeyboardInterrupt, so that no reader turns it into a data error)."""
+
+
+def _time_up(signum: int, frame: Any) -> None:
+    raise TimeUp
+
+
 class Experiment:
-    """One dataset and seed: trains configurations and scores them, caching everything."""
+    """One dataset and seed: trains configurations and scores them, caching everything.
+
+    ``train_until`` (``time.time()``): trainings still running then are stopped and their
+    best checkpoint so far is scored, marked ``time_capped`` (a later run without a limit
+    resumes them).
+    """
+
+    train_until = math.inf
 
     def __init__(
         self, name: str, seed: int, spec: DatasetSpec, work: Path, base: TrainConfig,
@@ -287,10 +331,27 @@ class Experiment:
             Path(tmp).write_text(json.dumps(self.results, indent=1))
 
     def fit(self, cfg: TrainConfig, run: Run) -> dict[str, Any]:
+        capped = False
         if not run.finished:
-            meunet.train(cfg, self.spec, run.folder, resume=run.started, progress=False)
-            run.mark_done()
-        return training_record(run, cfg)
+            left = self.train_until - time.time()
+            if left <= 0:
+                capped = True
+            else:
+                if math.isfinite(left):
+                    signal.signal(signal.SIGALRM, _time_up)
+                    signal.setitimer(signal.ITIMER_REAL, left)
+                try:
+                    meunet.train(cfg, self.spec, run.folder, resume=run.started, progress=False)
+                    run.mark_done()
+                except TimeUp:
+                    capped = True
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            if capped:
+                if not run.best.is_file():
+                    raise SystemExit(f"{run.folder}: the time limit came before a first epoch")
+                log(f"{self.name}: {run.folder.name} stopped by the time limit; scoring its best")
+        return {**training_record(run, cfg), "time_capped": capped}
 
     def windows(self, own: int) -> dict[str, int]:
         w = windows_of(self.base)
@@ -334,14 +395,24 @@ class Experiment:
             out[key] = {"window": window, "cases": per_case}
         return out
 
-    def ensure(self, config: str) -> bool:
-        """Train and score ``config`` unless cached; False where it does not apply here."""
-        if config in self.results and all(
+    def ensure(self, config: str, cached_only: bool = False) -> bool:
+        """Train and score ``config`` unless cached; False where it does not apply here.
+
+        ``cached_only``: only say whether it is cached.
+        """
+        done = self.results.get(config, {})
+        if done and all(
             "voxels_pred" in c
-            for w in self.results[config].get("windows", {}).values()
+            for w in done.get("windows", {}).values()
             for c in w["cases"].values()
         ):
-            return True
+            if not (done.get("time_capped") and math.isinf(self.train_until)):
+                return True
+            if not cached_only:  # resumed to the end below: its scores are redone
+                for scored in (self.work / "test").glob(f"{config}-w*"):
+                    shutil.rmtree(scored)
+        if cached_only:
+            return False
         if config == "unet-wide" and not self.name.startswith("context"):
             return False
         if (
@@ -482,6 +553,9 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
             steps = f"{np.mean([e['steps'] for e in entries]):.0f} ({entries[0]['step_cap']})"
             best = f"{np.mean([e['best_epoch'] for e in entries]):.1f} of {np.mean([e['epochs'] for e in entries]):.1f}"
             secs = f"{np.mean([e['seconds'] for e in entries]):.0f}"
+            capped = sum(bool(e.get("time_capped")) for e in entries)
+            if capped:
+                best += f" ({capped} of {len(entries)} stopped by the time limit)"
             memory = f"{max(e['memory'] for e in entries) / GIB:.3f}"
             first = key == "own"
             lines.append(
@@ -565,12 +639,130 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- jobs
+
+
+def job_argv(args: argparse.Namespace, dataset: str, seed: int | None, config: str) -> list[str]:
+    """This command, narrowed to one (dataset, seed, configuration)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--sizes", args.sizes]
+    argv += ["--datasets", dataset, "--configs", config]
+    if seed is not None:
+        argv += ["--seeds", str(seed)]
+    for item in args.set:
+        argv += ["--set", item]
+    if args.phantom_shape:
+        argv += ["--phantom-shape", *map(str, args.phantom_shape)]
+    if args.context is not None:
+        argv += ["--context", str(args.context)]
+    return argv
+
+
+def run_jobs(
+    runs: list[Experiment], configs: list[str], args: argparse.Namespace, work: Path,
+    deadline: float, write: Any,
+) -> None:  # fmt: skip
+    """Train and score the missing (dataset, seed, configuration) triples in parallel processes.
+
+    Small networks leave a GPU mostly idle, so several trainings at once finish sooner. Each
+    job works in its own folder ``WORK/jobs/<run>-<config>`` (datasets and the memory plan
+    are linked from WORK, so every job trains on the same data); a cascade job trains its own
+    stage 1. Finished jobs' scores are merged into WORK and the report rewritten after each;
+    jobs stop training ``SCORING`` seconds before ``deadline`` (a ``time.time()`` value) to
+    score their best checkpoint, and any still running at ``deadline`` are stopped.
+    """
+    pending: list[tuple[str, list[str], Path, list[Experiment], str]] = []
+    for config in configs:
+        for run in runs:
+            if run.ensure(config, cached_only=True):
+                continue
+            if config == "unet-wide" and not run.name.startswith("context"):
+                continue
+            if config == "unet-P" and run.plan["unet_patch"] == run.base.patch:
+                continue  # the same-memory U-net is the U-net at P: copied once `unet` is in
+            kind = run.name.split("-")[0]
+            brats = kind == "brats4"
+            name = f"{kind}-{config}" if brats else f"{run.name}-{config}"
+            if any(p[0] == name for p in pending):
+                continue  # brats4's two folds are one job
+            folder = work / "jobs" / name
+            members = [r for r in runs if r.name.startswith("brats4")] if brats else [run]
+            for r in members:
+                mine = folder / r.name
+                mine.mkdir(parents=True, exist_ok=True)
+                for item in ("data", "bench.json"):
+                    if (r.work / item).exists() and not (mine / item).exists():
+                        (mine / item).symlink_to((r.work / item).resolve())
+            if brats:
+                for made in work.glob("brats4-x*"):
+                    if not (folder / made.name).exists():
+                        (folder / made.name).symlink_to(made.resolve())
+            for plan in work.glob("memory-*.json"):
+                shutil.copy(plan, folder / plan.name)
+            argv = job_argv(args, kind, None if brats else run.base.seed, config)
+            argv += ["--work", str(folder), "--out", str(folder / "report")]
+            if math.isfinite(deadline):
+                argv += ["--train-until", f"{deadline - SCORING:.0f}"]
+            pending.append((name, argv, folder, members, config))
+    if not pending:
+        return
+    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(pending)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    log(
+        f"{len(pending)} jobs, {args.jobs} at a time, {threads} threads each; logs in {work / 'jobs'}"
+    )
+    running: list[
+        tuple[subprocess.Popen[bytes], tuple[str, list[str], Path, list[Experiment], str]]
+    ] = []
+
+    def merge(job: tuple[str, list[str], Path, list[Experiment], str]) -> None:
+        name, _, folder, members, config = job
+        for r in members:
+            store = folder / r.name / "scores.json"
+            done = json.loads(store.read_text()) if store.is_file() else {}
+            if config in done:
+                r.results[config] = done[config]
+                if config == "unet" and r.plan["unet_patch"] == r.base.patch:
+                    r.results["unet-P"] = {**done[config], "same_as": "unet"}
+                r.save()
+            else:
+                log(f"{name}: no scores (see {folder / 'log.txt'})")
+
+    while pending or running:
+        while pending and len(running) < args.jobs and time.time() < deadline - SCORING:
+            job = pending.pop(0)
+            with (job[2] / "log.txt").open("ab") as out:
+                proc = subprocess.Popen(job[1], stdout=out, stderr=subprocess.STDOUT, env=env)
+            running.append((proc, job))
+        if time.time() >= deadline or (not running and pending):
+            for proc, job in running:
+                log(f"{job[0]}: stopped at the deadline")
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in running:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            for _, job in running:
+                merge(job)  # a job may have finished between the last poll and the deadline
+            if pending:
+                log(f"not started before the deadline: {', '.join(j[0] for j in pending)}")
+            write()
+            return
+        for proc, job in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, job))
+                log(f"{job[0]}: finished (exit {proc.returncode})")
+                merge(job)
+                write()
+        time.sleep(1)
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", choices=tuple(SIZES), default="cpu")
+    p.add_argument("--sizes", choices=tuple(SIZES), default="small")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="phantom seeds")
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=None)
@@ -580,8 +772,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="folder for runs (default runs/accuracy-SIZES)")
     p.add_argument("--out", default=None, help="results prefix (default benchmarks/results/...)")
     p.add_argument("--note", default="", help="a paragraph put under the report's title")
+    p.add_argument(
+        "--jobs", type=int, default=1,
+        help="train this many (dataset, seed, configuration) at once, each in its own process "
+        "and folder under WORK/jobs (small networks leave a GPU mostly idle)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deadline", type=float, default=0,
+        help=f"seconds after which no training goes on: {SCORING} s before it, trainings stop "
+        "and their best checkpoint is scored (marked in the table; a rerun resumes them)",
+    )  # fmt: skip
+    p.add_argument("--train-until", type=float, default=math.inf, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--resume-from", type=Path, default=None, metavar="JSON",
+        help="an earlier invocation's results (its .json) whose work folder is gone, e.g. made "
+        "on another machine with the same settings: its finished networks are kept, its "
+        "missing and time-limited ones trained here (from the start)",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    t_start = time.perf_counter()
+    t_start, wall_start = time.perf_counter(), time.time()
     size = dict(SIZES[args.sizes])
     if args.phantom_shape:
         size["phantom_shape"] = tuple(args.phantom_shape)
@@ -591,10 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     windows = windows_of(base)
     if not windows["P"] / 2 < size["context"] < windows["E150"] / 2:
         log(f"warning: D = {size['context']} is not between P/2 and E(1.5)/2 ({windows})")
-    datasets = args.datasets or (["context"] if args.sizes == "gpu" else list(DATASETS))
+    datasets = args.datasets or (["context"] if args.sizes == "paper" else list(DATASETS))
     configs = args.configs or list(size["configs"])
     work = Path(args.work or ROOT / "runs" / f"accuracy-{args.sizes}")
-    prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "cpu" else "accuracy_gpu"))
+    prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "small" else "accuracy_paper"))
 
     specs: list[tuple[str, int, DatasetSpec]] = []
     seeds = args.seeds or size["seeds"]
@@ -679,8 +888,25 @@ def main(argv: list[str] | None = None) -> int:
         prefix.with_suffix(".md").write_text(text)
         return text
 
+    if args.resume_from:
+        earlier = json.loads(args.resume_from.read_text())
+        if earlier["meta"]["setup"][0] != setup[0]:
+            sys.exit(f"{args.resume_from} was made with other training settings than these")
+        for run in runs:
+            for config, entry in earlier["runs"].get(run.name, {}).items():
+                run.results.setdefault(config, entry)
+        meta["setup"] = [*setup, f"- Resumed from: `{earlier['meta']['command']}`."]
+    deadline = wall_start + args.deadline if args.deadline > 0 else math.inf
+    if args.jobs > 1:
+        run_jobs(runs, configs, args, work, deadline, write)
+        print(write())
+        return 0
+    for run in runs:
+        run.train_until = min(args.train_until, deadline - SCORING)
     for config in configs:  # configuration-major: every seed of one claim before the next
         for run in runs:
+            if time.time() >= min(args.train_until, deadline - SCORING):
+                break
             log(f"{run.name}: {config}")
             if run.ensure(config):
                 write()

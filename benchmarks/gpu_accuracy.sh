@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# The accuracy benchmark's GPU variant, meant for one 9-minute call on one H100 or H200 (its
-# step cap is not yet timed on a GPU; LIMIT stops it at 500 s): the paper's channels, P = 64, k = 1.5, AMP and checkpointing, on one seed of the
-# context phantom (12 cases of 192^3, cue distance D = 40, so P/2 < D < E/2): U-net at P,
-# U-net at E (the learnability control) and meU-net, each trained to early stopping under a
-# step cap, each scored at windows P, E(1.5) and E(1.75). Writes accuracy_gpu.md / .json
-# under $OUT (default /tmp/meunet-out; copy them to benchmarks/results/). On a machine with
-# a CUDA GPU:
+# The accuracy protocol (issue 12) on one GPU, inside a time limit: the small sizes (the
+# networks two CPU cores can train) on 3 seeds of the context phantom, the learnability
+# control, the same-memory U-net, U-net at P and meU-net k = 1.5 and 1.75, 15 trainings at
+# once (small networks leave a GPU mostly idle). Training stops 80 s before LIMIT and each
+# network's best checkpoint so far is scored at windows P, E(1.5) and E(1.75); the table says
+# which were stopped so. Writes accuracy.md / .json / .log and the jobs' training logs
+# (accuracy_jobs.tgz) under $OUT (default /tmp/meunet-out; copy the table to
+# benchmarks/results/). On a machine with a CUDA GPU, from the repository root:
 #
-#   bash benchmarks/gpu_accuracy.sh       # from the repository root; LIMIT=SECONDS caps it (500)
+#   bash benchmarks/gpu_accuracy.sh              # LIMIT=SECONDS bounds it (540), JOBS=N (15)
+#   SIZES=paper bash benchmarks/gpu_accuracy.sh  # the paper's channels, P = 64, one seed
+#
+# Further arguments go to benchmarks/accuracy.py (e.g. --resume-from an earlier accuracy.json
+# --configs meunet-k175 to finish what an earlier call left).
 #
 # Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
-# of meunet's other dependencies for that Python in .wheels/ first (`pip download -d .wheels
-# zarr numcodecs ...` elsewhere); they are installed into /tmp/site.
+# of meunet's other dependencies for that Python in .wheels/ first (see gpu_inference.sh);
+# they are installed into /tmp/site.
 set -euo pipefail
 OUT="${OUT:-/tmp/meunet-out}"
+LIMIT="${LIMIT:-540}"
 mkdir -p "$OUT"
 if compgen -G ".wheels/*.whl" > /dev/null; then
   python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*.whl
 fi
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
-timeout "${LIMIT:-500}" python3 benchmarks/accuracy.py --sizes gpu --work /tmp/acc \
-  --out "$OUT/accuracy_gpu" 2>&1 | tee "$OUT/accuracy_gpu.log" | tail -40
+if [ "${SIZES:-small}" = paper ]; then
+  args=(--sizes paper --deadline $((LIMIT - 20)) --out "$OUT/accuracy_paper")
+else
+  args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20))
+        --configs unet-wide unet meunet-k175 meunet-k150 unet-P --out "$OUT/accuracy")
+fi
+status=0
+timeout "$LIMIT" python3 benchmarks/accuracy.py "${args[@]}" --work /tmp/acc "$@" 2>&1 \
+  | tee "$OUT/accuracy.log" | tail -60 || status=$?
+(cd /tmp/acc && find . -name log.txt -o -name log.csv | tar czf "$OUT/accuracy_jobs.tgz" -T -) || true
+exit "$status"
