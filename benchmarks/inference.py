@@ -22,7 +22,7 @@ RAM, output on the GPU) in fp32 and under fp16 autocast, 2 windows per batch.
 
     .venv/bin/pip install -e '.[bench]'     # MONAI, for the comparison
     .venv/bin/python benchmarks/inference.py [--device cpu|cuda] [--skip-monai]
-    bash benchmarks/gpu_inference.sh        # the GPU table on a lent machine
+    bash benchmarks/gpu_inference.sh        # the GPU table, on a machine with a CUDA GPU
 
 ``--shape Z Y X`` and ``--window`` make a smaller case (a quick check of the
 script), ``--out`` writes the table elsewhere.

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> str:
         "also runs one sample at a time with exact batch statistics, so its full-resolution maps "
         "never exist for the whole batch at once; meU-net/U-net ratios come out lower than the "
         "paper's for both reasons.",
-        "- Step times are of an unprofiled step on this machine; memory figures do not depend on it.",
+        "- Step times are of an unprofiled step on the machine named above; memory figures do not depend on it.",
         f"- Targets met: {sum(verdicts)} of {len(verdicts)}.",
     ]
     out = RESULTS / ("memory_gpu" if cuda else "memory_cpu")
