@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import meunet
-from meunet.api import PredictOptions, _dask_address, _engine_kwargs
+from meunet.api import PredictOptions
+from meunet.api.prediction import _dask_address, _engine_kwargs
 from meunet.errors import MeunetError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -130,3 +130,85 @@ def plan_patch(
         else:
             hi = p
     return done(lo)
+
+
+@dataclass
+class PlanShape:
+    """The patch shape a plan scales, and the training volumes it must fit."""
+
+    shape: PatchSize  # a cube's side (searched as cubes) or (z, y, x) sides (scaled)
+    volumes: dict[str, tuple[int, ...]]  # training case id -> image shape (with a dataset)
+    notes: tuple[str, ...] = ()  # how ``patch: auto`` chose the shape
+
+
+def plan_shape(patch: Any, divisor: int, data: Any = None) -> PlanShape:
+    """What ``meunet plan`` scales: ``patch`` (a size, or ``auto`` chosen from ``data``).
+
+    Args:
+        patch: The requested shape (a side, (z, y, x), or ``auto`` / ``auto:N``).
+        divisor: The network's size divisor (sides of auto shapes are multiples of it).
+        data: A dataset spec or its ``dataset.yaml``: its training cases' shapes bound
+            the patch, and ``auto`` follows their spacing.
+
+    Raises:
+        SettingError: ``auto`` without a dataset.
+    """
+    from meunet.data.patch_size import auto_cube, dataset_patch
+
+    volumes: dict[str, tuple[int, ...]] = {}
+    notes: list[str] = []
+    if data is not None:
+        from meunet.data.io import open_volume
+        from meunet.data.spec import DatasetSpec, load_spec
+
+        spec = data if isinstance(data, DatasetSpec) else load_spec(data)
+        for cid in spec.training_ids():
+            with open_volume(spec.cases[cid].images[0], spacing=spec.spacing) as vol:
+                volumes[cid] = vol.shape
+        if auto_cube(patch) is not None:
+            choice = dataset_patch(spec, None, auto_cube(patch) or 64, divisor)
+            notes = [f"patch: auto -> {choice.describe()}; scaling that shape", *choice.notes]
+            patch = choice.patch
+    if auto_cube(patch) is not None:
+        raise SettingError("plan: patch auto is chosen from a dataset: add --data DATASET.yaml")
+    return PlanShape(patch if isinstance(patch, tuple) else 32, volumes, tuple(notes))
+
+
+def plan_models(
+    cfg: Any,
+    budget: int,
+    shape: PatchSize,
+    in_channels: int = 1,
+    num_classes: int = 3,
+    compare: bool = True,
+    max_patch: int = 512,
+    progress: Callable[[str], None] | None = None,
+) -> list[tuple[str, PlanResult]]:
+    """:func:`plan_patch` for ``cfg``'s network and, for a meU-net, a U-net of the same budget.
+
+    Args:
+        cfg: The training configuration (:class:`~meunet.training.config.TrainConfig`).
+        budget: Bytes a training step may take at its peak.
+        shape: The shape to scale (:func:`plan_shape`).
+        compare: Plan the U-net too (for a network with a deep head).
+
+    Returns:
+        (model name, its plan) for each network planned.
+    """
+    from meunet.models import variant
+
+    models = [cfg.model] + (["unet"] if compare and variant(cfg.model).deep_head else [])
+    return [
+        (
+            model,
+            plan_patch(
+                MemoryConfig.from_train(
+                    replace(cfg, model=model), in_channels, num_classes, patch=shape
+                ),
+                budget,
+                max_patch=max_patch,
+                progress=progress,
+            ),
+        )
+        for model in models
+    ]

@@ -1,20 +1,4 @@
-"""The workflow: train, train a cascade, predict, evaluate.
-
-The command line, ``meunet demo`` and the benchmarks call these four
-functions and nothing else of the workflow, so a script does exactly what a
-command does::
-
-    import meunet
-
-    best = meunet.train("configs/cpu/meunet.yaml", "data/dataset.yaml", "runs/meunet")
-    meunet.predict(best, "scan.zarr", "labels.zarr")
-    print(meunet.evaluate("labels.zarr", "truth.zarr", data="data/dataset.yaml").table)
-
-A configuration is a :class:`~meunet.training.config.TrainConfig`, a YAML
-file (nested or flat) or a mapping; ``overrides`` are ``--set`` items
-(``"sampler.patch=96"``). A dataset is a :class:`~meunet.data.spec.DatasetSpec`
-or its ``dataset.yaml``.
-"""
+"""Prediction: :func:`predict` with :class:`PredictOptions`, here or on a Dask cluster."""
 
 from __future__ import annotations
 
@@ -27,101 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from meunet.api.types import VolumeLike
 from meunet.data.patch_size import PatchSize, format_patch, parse_patch
-from meunet.data.spec import DatasetSpec
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
 from meunet.training.config import TrainConfig
 from meunet.training.run import CascadeRun, Run
-
-__all__ = [
-    "Evaluation",
-    "PredictOptions",
-    "evaluate",
-    "predict",
-    "train",
-    "train_cascade",
-]
-
-ConfigLike = TrainConfig | str | Path | Mapping[str, Any] | None
-DataLike = DatasetSpec | str | Path
-VolumeLike = Volume | str | Path
-PREDICTION_SUFFIXES = (".zarr", ".nii.gz", ".nii", ".nrrd", ".tif", ".h5", ".npy")
-
-
-def load_training_config(config: ConfigLike, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A :class:`TrainConfig` from a config object, YAML path or mapping, with ``--set`` items applied."""
-    from meunet.training.config import load_config, override
-
-    if isinstance(config, TrainConfig):
-        return override(config, list(overrides))
-    if isinstance(config, Mapping):
-        return override(TrainConfig.from_dict(config), list(overrides))
-    return load_config(config, list(overrides))
-
-
-def _spec(data: DataLike) -> DatasetSpec:
-    if isinstance(data, DatasetSpec):
-        return data
-    from meunet.data.spec import load_spec
-
-    return load_spec(data)
-
-
-def train(
-    config: ConfigLike,
-    data: DataLike,
-    out: str | Path,
-    *,
-    overrides: Sequence[str] = (),
-    resume: bool = False,
-    fold: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train one network; return its best checkpoint (``OUT/best.pt``).
-
-    Args:
-        config: Training settings (``configs/*.yaml``, a mapping, or a TrainConfig).
-        data: The dataset: train and val splits, or ``folds`` with ``fold``.
-        out: Run folder (:class:`~meunet.training.run.Run`): new, empty or meunet's.
-        overrides: ``--set`` items, e.g. ``["optimisation.epochs=5"]``.
-        resume: Continue exactly from ``OUT/last.pt``.
-        fold: With a dataset of cross-validation folds: the fold validated on.
-        progress: Show progress bars.
-    """
-    from meunet.training.folds import select_fold
-    from meunet.training.loop import train as train_loop
-
-    cfg = load_training_config(config, overrides)
-    spec = select_fold(_spec(data), fold)
-    return train_loop(cfg, spec, Run(out).folder, resume=resume, progress=progress)
-
-
-def train_cascade(
-    config: ConfigLike,
-    data: DataLike,
-    out: str | Path,
-    *,
-    mode: str = "post",
-    overrides: Sequence[str] = (),
-    fold: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train a whole cascade (stage-1 branches, their maps, stage 2); return its ``cascade.json``.
-
-    Rerunning resumes: finished stages are reused (if made with the same
-    settings and data), an interrupted one continues. ``mode``: ``post``
-    (the paper's), ``pre`` or ``lowres``. The manifest is what
-    :func:`predict` takes to run the whole cascade.
-    """
-    from meunet.training.cascade import train_cascade as train_stages
-    from meunet.training.folds import select_fold
-
-    base = load_training_config(config, overrides)
-    spec = select_fold(_spec(data), fold)
-    run = CascadeRun(out)
-    train_stages(spec, run.folder, mode=mode, base=base, progress=progress)
-    return run.manifest_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +41,8 @@ class PredictOptions:
     )
     block_depth: int = 0  # Dask: z-slices per block core (0: about 4 blocks per worker)
     overwrite: bool = False  # replace an output meunet did not write (never an input)
+    spacing: tuple[float, float, float] | None = None  # the inputs' voxel size, over their files'
+    resample_back: bool = False  # predict at the training voxel size, write at the input's
     progress: bool = True
 
     def with_(self, **changes: Any) -> PredictOptions:
@@ -193,6 +90,22 @@ def predict(
         opts = opts.with_(patch=parse_patch(opts.patch, "patch"))
     if opts.fusion is None:
         opts = opts.with_(fusion=trained_fusion(model))
+    if opts.spacing is not None:  # e.g. a dataset spec's `spacing:`: the output takes it too
+        if _dask_address(opts.executor) is not None:
+            raise MeunetError(
+                "spacing with a Dask executor: the workers read each file's own voxel size; "
+                "write the scan with the right one first (`meunet convert --spacing Z Y X`)"
+            )
+        from meunet.data.io import open_volume
+
+        paths = [
+            open_volume(p.path if isinstance(p, Volume) else p, spacing=tuple(opts.spacing))
+            for p in paths
+        ]
+    if opts.resample_back:
+        from meunet.inference.resampled import predict_resampled
+
+        return predict_resampled(model, _open_inputs(paths), output, opts, predict)
     if str(output).rstrip("/").endswith(".ome.zarr"):
         return _predict_ome(model, paths, output, opts)
     dask = _dask_address(opts.executor)
@@ -421,124 +334,3 @@ def _predict_dask(
             model_path, files, output, client, opts.patch, list(opts.stage1),
             overwrite=opts.overwrite, **kw, **_engine_kwargs(predict_dask, opts),
         )  # fmt: skip
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """Scores per case and class, and the summary table :func:`evaluate` made of them."""
-
-    results: dict[str, Any]  # case id -> [ClassScores per class]
-    classes: list[str]
-    rows: list[dict[str, Any]]  # one per case and class (the CSV)
-    table: str  # Markdown summary
-    written: tuple[Path, ...] = ()  # OUT.csv and OUT.md, when asked for
-
-    def dice(self, case: str) -> list[float]:
-        return [s.dice for s in self.results[case]]
-
-
-def find_prediction(folder: str | Path, case: str) -> Path | None:
-    """``folder/CASE.zarr`` (or another format's file) if it exists."""
-    for suffix in PREDICTION_SUFFIXES:
-        path = Path(folder) / f"{case}{suffix}"
-        if path.exists():
-            return path
-    return None
-
-
-def _pairs(
-    predictions: str | Path, truth: str | Path | None, spec: DatasetSpec | None, split: str
-) -> list[tuple[str, str, str]]:
-    """(case, prediction, truth) to score: one pair, or a folder's files matched to the split's cases."""
-    pred = str(predictions)
-    if os.path.isdir(pred) and not pred.rstrip("/").endswith(".zarr"):
-        if spec is None:
-            raise MeunetError(
-                f"{pred} is a folder of predictions: give --data DATASET.yaml to match them to cases"
-            )
-        ids = spec.split.get(split, ()) if split != "all" else tuple(spec.cases)
-        pairs = []
-        for cid in ids:
-            found = find_prediction(pred, cid)
-            if found and spec.cases[cid].label is not None:
-                pairs.append((cid, str(found), str(spec.cases[cid].label)))
-        if not pairs:
-            raise MeunetError(
-                f"{pred}: no CASE.zarr / CASE.nii.gz predictions for the {split} cases of {spec.path}"
-            )
-        return pairs
-    if truth is None:
-        raise MeunetError("give --truth for a single prediction")
-    return [(Path(pred).name.split(".")[0], pred, str(truth))]
-
-
-def evaluate(
-    predictions: str | Path,
-    truth: str | Path | None = None,
-    *,
-    data: DataLike | None = None,
-    split: str = "test",
-    classes: int = 0,
-    hd95: str = "max",
-    out: str | Path | None = None,
-    overwrite: bool = False,
-) -> Evaluation:
-    """Dice, HD95 and volume difference per class, streamed.
-
-    Args:
-        predictions: A label volume (with ``truth``), or a folder of ``CASE.zarr``
-            predictions matched to the ``split`` cases of ``data``.
-        truth: Reference labels of a single prediction.
-        data: The dataset: class names, label remapping, its spacing (which
-            overrides the truth files'), and the cases of a folder.
-        split: train, val, test or all (a folder of predictions).
-        classes: Number of classes when no ``data`` is given.
-        hd95: ``max`` (MONAI's) or ``pooled``.
-        out: Also write ``OUT.csv`` and ``OUT.md``.
-        overwrite: Replace an ``OUT.*`` meunet did not write.
-    """
-    import csv
-    import io
-
-    from meunet.data.io import open_volume
-    from meunet.data.io.ownership import prepare_output, write_text
-    from meunet.metrics.evaluate import evaluate_case, summary_table
-
-    spec = _spec(data) if data is not None else None
-    if spec is None and not classes:
-        raise MeunetError("give --data DATASET.yaml (classes and label remapping) or --classes N")
-    names = (
-        list(spec.classes) if spec else ["background", *(f"class {c}" for c in range(1, classes))]
-    )
-    remap = (lambda a: spec.remap_labels(a, "truth")) if spec else None
-    pairs = _pairs(predictions, truth, spec, split)
-    sources = [p for pair in pairs for p in pair[1:]] + (
-        [str(spec.path)] if spec is not None and spec.path else []
-    )
-    if out:  # refuse before the (long) evaluation
-        for suffix in (".csv", ".md"):
-            prepare_output(f"{out}{suffix}", sources, overwrite, folder=False)
-    # a spec's spacing overrides the files' (which may have none, giving voxels)
-    spacing = spec.spacing if spec else None
-    results = {
-        cid: evaluate_case(
-            open_volume(p), open_volume(t, spacing=spacing), len(names), remap, hd95=hd95
-        )
-        for cid, p, t in pairs
-    }
-    rows, table = summary_table(results, names, hd95=hd95)
-    if spec is not None and spacing is not None:
-        table += f"\nSpacing (z, y, x) {list(spacing)} from {spec.path}, not the files'."
-    else:
-        table += "\nSpacing: each truth file's own."
-    written: tuple[Path, ...] = ()
-    if out:
-        buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        written = (
-            write_text(f"{out}.csv", buffer.getvalue(), sources, overwrite, "evaluate"),
-            write_text(f"{out}.md", table + "\n", sources, overwrite, "evaluate"),
-        )
-    return Evaluation(results, names, rows, table, written)
