@@ -109,6 +109,15 @@ def test_auto_is_resolved_from_the_dataset(fly: Path) -> None:
     assert resolve_patch(_cfg(), spec) == _cfg()  # a given patch is kept
 
 
+def test_auto_for_a_low_resolution_stage_fits_the_downsampled_volumes(fly: Path) -> None:
+    cfg = load_config(None, ["sampler.patch=auto", "model.name=unet", "sampler.downsample=2"])
+    low = resolve_patch(cfg, load_spec(fly)).patch
+    # downsampled by 2: 10 x 48 x 48 voxels of 100 x 9.2 x 9.2; a full-resolution choice
+    # (16, 96, 96) would be mostly padding
+    assert low != (16, 96, 96)
+    assert low[1] <= 48 and low[2] <= 48
+
+
 def test_resume_compares_sizes_by_value() -> None:
     check_settings({"patch": 64}, Path("x"), {"patch": [64, 64, 64], "infer_patch": 0})
     check_settings(

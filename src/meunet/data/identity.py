@@ -185,3 +185,24 @@ def dataset_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         )
         changes.append(f"files were added, removed or modified since: {shown}")
     return changes
+
+
+def training_spacing(spec: DatasetSpec, case_ids: Sequence[str]) -> list[float] | None:
+    """The (z, y, x) voxel size a network trained on ``case_ids`` expects.
+
+    The spec's ``spacing`` where it sets one; else the median per axis of the
+    cases' first images' spacing (equal for most datasets). None where any of
+    those files stores no voxel size: such a network cannot say at what
+    resolution it should be used.
+    """
+    from meunet.data.io import open_volume
+
+    if spec.spacing is not None:
+        return [float(s) for s in spec.spacing]
+    found = []
+    for cid in case_ids:
+        with open_volume(spec.cases[cid].images[0]) as vol:
+            if not vol.spacing_known:
+                return None
+            found.append(vol.spacing)
+    return [float(s) for s in np.median(np.asarray(found, float), axis=0)] if found else None

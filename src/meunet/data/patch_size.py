@@ -292,13 +292,19 @@ def auto_patch(
 
 
 def dataset_patch(
-    spec: Any, case_ids: Sequence[str] | None = None, cube: int = AUTO_CUBE, divisor: int = 16
+    spec: Any,
+    case_ids: Sequence[str] | None = None,
+    cube: int = AUTO_CUBE,
+    divisor: int = 16,
+    downsample: int = 1,
 ) -> AutoPatch:
     """:func:`auto_patch` for a dataset's cases (default: its training cases).
 
     The spacing is the spec's ``spacing:``, else the median of the cases'
     own (a file without a stored voxel size counts as 1, 1, 1, and a note
-    says so); the volumes' shapes bound each side.
+    says so); the volumes' shapes bound each side. ``downsample``: for the
+    volumes a low-resolution stage trains on (``ceil(n / d)`` voxels of d
+    times the spacing per axis).
     """
     import numpy as np
 
@@ -308,13 +314,17 @@ def dataset_patch(
     shapes, spacings, unknown = [], [], []
     for cid in ids:
         with open_volume(spec.cases[cid].images[0], spacing=spec.spacing) as vol:
-            shapes.append(vol.shape)
-            spacings.append(vol.spacing)
+            shapes.append(tuple(-(-n // downsample) for n in vol.shape))
+            spacings.append(tuple(v * downsample for v in vol.spacing))
             if not vol.spacing_known:
                 unknown.append(cid)
     if not shapes:
         raise SettingError(f"{spec.path}: patch: auto needs cases to read shapes and spacing from")
-    spacing = spec.spacing or tuple(float(v) for v in np.median(np.asarray(spacings), axis=0))
+    spacing = (
+        tuple(v * downsample for v in spec.spacing)
+        if spec.spacing
+        else tuple(float(v) for v in np.median(np.asarray(spacings), axis=0))
+    )
     choice = auto_patch(spacing, shapes, cube, divisor)
     if unknown:
         note = (

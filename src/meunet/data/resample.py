@@ -287,7 +287,7 @@ def _block_shape(
 
 
 def resample_volume(
-    src: str | Path,
+    src: str | Path | Volume,
     dst: str | Path,
     factor: float | Sequence[float] | None = None,
     spacing: Sequence[float] | None = None,
@@ -312,7 +312,8 @@ def resample_volume(
     never an input, and a path meunet did not write only with ``overwrite``.
 
     Args:
-        src: Input volume.
+        src: Input volume (a path, or an open :class:`Volume`, e.g. one opened with a
+            spacing that overrides its file's).
         dst: Output path; the format follows the suffix.
         factor: Voxel-size multiplier, one number or (z, y, x): 2 halves the
             voxels per axis, 0.5 doubles them.
@@ -334,7 +335,7 @@ def resample_volume(
     from meunet.data.io import detect_format, split_hdf5_path
     from meunet.data.io.ownership import claim_output, remove_owned
 
-    vol = open_volume(src)
+    vol = src if isinstance(src, Volume) else open_volume(src)
     try:
         ratio = resample_ratio(vol.spacing, factor, spacing)
         out_shape = resampled_shape(vol.shape, ratio)
@@ -359,5 +360,6 @@ def resample_volume(
                 finally:
                     remove_owned(work)
     finally:
-        vol.close()
+        if vol is not src:
+            vol.close()
     return out_shape

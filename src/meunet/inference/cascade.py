@@ -68,7 +68,7 @@ def predict_branch(
     predict_volume(model, vols, pred, patch, (), fusion, batch_size, device, progress, overlap,
                    precision=precision)  # fmt: skip
     labels = upsample_labels(np.asarray(open_volume(pred)[...]), downsample, inputs[0].shape)
-    write_volume(target, labels, **inputs[0].geometry())
+    write_volume(target, labels, **inputs[0].geometry(), spacing_known=inputs[0].spacing_known)
     remove_owned(small)
     return open_volume(target)
 

@@ -143,6 +143,7 @@ def open_output(
         dtype="uint8",
         attributes={
             **geometry_attributes(**like.geometry()),
+            **({} if like.spacing_known else {"spacing_known": False}),  # assumed stays assumed
             "meunet": {"complete": False, "done_until": 0, "signature": sig},
         },
         dimension_names=("z", "y", "x"),

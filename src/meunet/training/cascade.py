@@ -95,7 +95,7 @@ def train_cascade(
     """
     if mode not in MODES:
         raise MeunetError(f"cascade mode must be one of {MODES}, got {mode!r}")
-    base = resolve_patch(base or TrainConfig(), spec)  # patch: auto, once for every stage
+    base = base or TrainConfig()  # patch: auto is resolved per resolution, in _train_cascade
     run = CascadeRun(out_dir)
     # under torchrun: one process group for every stage (each `train` joins it)
     ranks, device = dist.from_env(resolve_device(base.device))
@@ -121,7 +121,12 @@ def _train_cascade(
 ) -> Path:
     extra: dict[str, list[Path]] = {cid: [] for cid in spec.cases}
     dataset = dataset_identity(spec)
-    branches = stage1_configs(mode, base)
+    full = resolve_patch(base, spec)  # patch: auto, once for the full-resolution stages
+    branches = {
+        name: cfg if cfg.downsample > 1 else dataclasses.replace(cfg, patch=full.patch)
+        for name, cfg in stage1_configs(mode, base).items()
+    }
+    branches = {name: resolve_patch(cfg, spec) for name, cfg in branches.items()}  # low-res ones
     for name, cfg in branches.items():
         branch = run.branch(name)
         done, record = run.branch_done(name), run.branch_record(name)
@@ -155,7 +160,7 @@ def _train_cascade(
                 done.write_text("all cases predicted\n")
         for cid in spec.cases:
             extra[cid].append(run.prediction(name, cid))
-    stage2 = stage2_config(mode, base)
+    stage2 = stage2_config(mode, full)
     second = run.stage2
     best = train(stage2, spec, second.folder, resume=second.started, extra=extra, progress=progress)
     if ranks.main:

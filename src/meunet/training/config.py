@@ -280,16 +280,18 @@ def resolve_patch(
 
     The spacing is the dataset spec's, else the median of the cases' own; the
     volumes are the training cases (``case_ids``, default the train split).
-    A config whose patch is given is returned as it is. The choice and any
-    thin axis are printed on stderr.
+    A config whose patch is given is returned as it is. A low-resolution
+    stage (``downsample`` > 1) gets the choice for the downsampled volumes it
+    trains on. The choice and any thin axis are printed on stderr.
     """
     cube = auto_cube(cfg.patch)
     if cube is None:
         return cfg
     from meunet.data.patch_size import dataset_patch
 
-    choice = dataset_patch(spec, case_ids, cube, cfg.divisor)
-    print(f"patch: auto -> {choice.describe()}", file=sys.stderr, flush=True)
+    choice = dataset_patch(spec, case_ids, cube, cfg.divisor, cfg.downsample)
+    scale = f" (volumes downsampled by {cfg.downsample})" if cfg.downsample > 1 else ""
+    print(f"patch: auto{scale} -> {choice.describe()}", file=sys.stderr, flush=True)
     for note in choice.notes:
         print(f"warning: patch: auto: {note}", file=sys.stderr, flush=True)
     return dataclasses.replace(cfg, patch=choice.patch)

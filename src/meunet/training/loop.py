@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from meunet.data.identity import dataset_identity
+from meunet.data.identity import dataset_identity, training_spacing
 from meunet.data.io import open_volume
 from meunet.data.io.atomic import atomic_path
 from meunet.data.patch_size import as_json, thin_message
@@ -90,6 +90,7 @@ class _Session:
     device: torch.device
     progress: bool
     dataset: dict[str, Any]  # what this run learns from, recorded in every checkpoint
+    spacing: list[float] | None  # the training cases' voxel size (None: unknown)
     net: Any  # the network itself
     model: Any  # `net`, DDP-wrapped when distributed
     sampler: PatchSampler
@@ -169,6 +170,8 @@ def _build(
             f"({ranks.world} x {cfg.micro_batches})"
         )
     dataset = dataset_identity(spec, extra)  # compared on resume
+    # patch: auto, from the full-resolution cases (scaled for a low-resolution stage)
+    cfg = resolve_patch(cfg, spec, spec.split.get("train", ()) or None)
     if cfg.downsample > 1:  # the low-resolution cascade's stage 1 trains on a downsampled copy
         if ranks.main:
             downsampled_dataset(spec, cfg.downsample, run.data_copy(cfg.downsample), progress)
@@ -177,7 +180,6 @@ def _build(
     train_ids, val_ids = spec.split.get("train", ()), spec.split.get("val", ())
     if not train_ids or not val_ids:
         raise MeunetError(f"{spec.path}: training needs cases in both split.train and split.val")
-    cfg = resolve_patch(cfg, spec, train_ids)  # patch: auto, from the spacing and shapes
     branches = len(next(iter(extra.values()))) if extra else 0
     if variant(cfg.model).takes_extra and not branches:
         raise MeunetError(
@@ -208,6 +210,7 @@ def _build(
         device=device,
         progress=progress,
         dataset=dataset,
+        spacing=training_spacing(spec, train_ids),
         net=net,
         model=net,
         sampler=sampler,
@@ -320,6 +323,7 @@ def _save(s: _Session, standing: _Standing, dice: np.ndarray) -> None:
         "train_config": s.cfg.to_dict(),
         "dataset": s.dataset,
         "infer_patch": as_json(s.cfg.window),  # the window validation used and predict defaults to
+        "spacing": s.spacing,  # what `predict --resample-back` resamples inputs to
         "classes": list(s.spec.classes),
         "channels": list(s.spec.channels),
         "class_weights": s.weights.tolist(),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from meunet.cli.options import HELP_OVERWRITE, at_least, at_least_or_auto, fraction
+from meunet.cli.options import (
+    HELP_OVERWRITE,
+    add_spacing_option,
+    at_least,
+    at_least_or_auto,
+    fraction,
+)
 
 HELP = "segment a volume (any size) with a trained checkpoint, streaming"
 DESCRIPTION = (
@@ -89,6 +95,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="with --dask: z-slices per block core (default: about 4 blocks per worker)",
     )
+    add_spacing_option(
+        p,
+        "the input's voxel size, overriding its file's (a file may store none); the labels "
+        "take it too",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DATASET.yaml",
+        help="take the input's voxel size from this dataset spec's spacing: (where it sets one)",
+    )
+    p.add_argument(
+        "--resample-back",
+        action="store_true",
+        help="resample the input to the voxel size the model was trained at (B-spline, "
+        "streamed), predict there, and write the labels on the input's own grid (nearest)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -96,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
     from meunet.api import PredictOptions, predict
     from meunet.data.patch_size import parse_patch
 
+    spacing = tuple(args.spacing) if args.spacing else None
+    if args.data and spacing is None:
+        from meunet.data.spec import load_spec
+
+        spacing = load_spec(args.data).spacing
     options = PredictOptions(
         patch=parse_patch(args.patch, "--patch") if args.patch else 0,
         fusion=args.fusion,
@@ -108,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         executor=f"dask:{args.dask}" if args.dask else "local",
         block_depth=args.block_depth,
         overwrite=args.overwrite,
+        spacing=spacing,
+        resample_back=args.resample_back,
         progress=not args.quiet,
     )
     out = predict(args.model, args.input, args.output, options=options)
