@@ -49,6 +49,7 @@ Writes ``benchmarks/results/accuracy{,_paper}.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -60,7 +61,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -330,23 +331,29 @@ class Experiment:
         with atomic_path(self.store) as tmp:
             Path(tmp).write_text(json.dumps(self.results, indent=1))
 
+    @contextlib.contextmanager
+    def limited(self) -> Iterator[None]:
+        """Raise :class:`TimeUp` in the block once ``train_until`` has come."""
+        left = self.train_until - time.time()
+        if left <= 0:
+            raise TimeUp
+        if math.isfinite(left):
+            signal.signal(signal.SIGALRM, _time_up)
+            signal.setitimer(signal.ITIMER_REAL, left)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
     def fit(self, cfg: TrainConfig, run: Run) -> dict[str, Any]:
         capped = False
         if not run.finished:
-            left = self.train_until - time.time()
-            if left <= 0:
-                capped = True
-            else:
-                if math.isfinite(left):
-                    signal.signal(signal.SIGALRM, _time_up)
-                    signal.setitimer(signal.ITIMER_REAL, left)
-                try:
+            try:
+                with self.limited():
                     meunet.train(cfg, self.spec, run.folder, resume=run.started, progress=False)
-                    run.mark_done()
-                except TimeUp:
-                    capped = True
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                run.mark_done()
+            except TimeUp:
+                capped = True
             if capped:
                 if not run.best.is_file():
                     raise SystemExit(f"{run.folder}: the time limit came before a first epoch")
@@ -448,9 +455,19 @@ class Experiment:
             if mode == "pre" and not cascade.stage1.exists():
                 cascade.claim("train-cascade")  # shares post's stage 1
                 cascade.stage1.symlink_to(post.stage1.resolve())
-            meunet.train_cascade(base, self.spec, cascade.folder, mode=mode, progress=False)
+            capped = False
+            try:
+                with self.limited():
+                    meunet.train_cascade(base, self.spec, cascade.folder, mode=mode, progress=False)
+            except TimeUp:
+                capped = True
+                if not cascade.stage2.best.is_file():
+                    raise SystemExit(
+                        f"{cascade.folder}: the time limit came before stage 2's first epoch"
+                    ) from None
+                log(f"{self.name}: {config} stopped by the time limit; scoring stage 2's best")
             cfg = stage2_config(mode, base)
-            record = training_record(cascade.stage2, cfg)
+            record = {**training_record(cascade.stage2, cfg), "time_capped": capped}
             branches = stage1_configs(mode, base)
             for b, bcfg in branches.items():
                 record["seconds"] += training_record(cascade.branch(b), bcfg)["seconds"]
@@ -657,20 +674,42 @@ def job_argv(args: argparse.Namespace, dataset: str, seed: int | None, config: s
     return argv
 
 
-def run_jobs(
-    runs: list[Experiment], configs: list[str], args: argparse.Namespace, work: Path,
-    deadline: float, write: Any,
-) -> None:  # fmt: skip
-    """Train and score the missing (dataset, seed, configuration) triples in parallel processes.
+@dataclasses.dataclass
+class Job:
+    """One (dataset, seed, configuration) trained in its own process and folder."""
 
-    Small networks leave a GPU mostly idle, so several trainings at once finish sooner. Each
-    job works in its own folder ``WORK/jobs/<run>-<config>`` (datasets and the memory plan
-    are linked from WORK, so every job trains on the same data); a cascade job trains its own
-    stage 1. Finished jobs' scores are merged into WORK and the report rewritten after each;
-    jobs stop training ``SCORING`` seconds before ``deadline`` (a ``time.time()`` value) to
-    score their best checkpoint, and any still running at ``deadline`` are stopped.
-    """
-    pending: list[tuple[str, list[str], Path, list[Experiment], str]] = []
+    name: str
+    argv: list[str]
+    folder: Path
+    members: list[Experiment]  # the runs it scores (brats4: both folds)
+    config: str
+    after: tuple[str, ...] = ()  # jobs whose networks it adopts (a cascade's stage-1 meU-nets)
+
+
+def _adopt_stage1(job: Job, work: Path) -> None:
+    """Copy the stage-1 meU-nets that other jobs trained into a cascade job's folder."""
+    for run in job.members:
+        post = job.folder / run.name / "post"
+        for branch in ("meunet-k150", "meunet-k175"):
+            source = work / "jobs" / f"{run.name}-{branch}" / run.name / "post"
+            if not (source / "stage1" / branch).is_dir() or (post / "stage1" / branch).exists():
+                continue
+            if not post.exists():  # the cascade folder with meunet's marker, then the branch
+                shutil.copytree(source, post, ignore=shutil.ignore_patterns("*.lock"))
+            else:
+                shutil.copytree(
+                    source / "stage1" / branch, post / "stage1" / branch,
+                    ignore=shutil.ignore_patterns("*.lock"),
+                )  # fmt: skip
+            log(f"{job.name}: adopts {branch} from {source.parent.parent.name}")
+
+
+def _jobs(
+    runs: list[Experiment], configs: list[str], args: argparse.Namespace, work: Path,
+    deadline: float,
+) -> list[Job]:  # fmt: skip
+    """The jobs for what is not cached yet, each with its folder made and its data linked."""
+    jobs: list[Job] = []
     for config in configs:
         for run in runs:
             if run.ensure(config, cached_only=True):
@@ -682,7 +721,7 @@ def run_jobs(
             kind = run.name.split("-")[0]
             brats = kind == "brats4"
             name = f"{kind}-{config}" if brats else f"{run.name}-{config}"
-            if any(p[0] == name for p in pending):
+            if any(job.name == name for job in jobs):
                 continue  # brats4's two folds are one job
             folder = work / "jobs" / name
             members = [r for r in runs if r.name.startswith("brats4")] if brats else [run]
@@ -702,7 +741,30 @@ def run_jobs(
             argv += ["--work", str(folder), "--out", str(folder / "report")]
             if math.isfinite(deadline):
                 argv += ["--train-until", f"{deadline - SCORING:.0f}"]
-            pending.append((name, argv, folder, members, config))
+            after: tuple[str, ...] = ()
+            if config in ("cascade-post", "cascade-pre"):
+                prefix = kind if brats else run.name
+                after = (f"{prefix}-meunet-k150", f"{prefix}-meunet-k175")
+            jobs.append(Job(name, argv, folder, members, config, after))
+    return jobs
+
+
+def run_jobs(
+    runs: list[Experiment], configs: list[str], args: argparse.Namespace, work: Path,
+    deadline: float, write: Any,
+) -> None:  # fmt: skip
+    """Train and score the missing (dataset, seed, configuration) triples in parallel processes.
+
+    Small networks leave a GPU mostly idle, so several trainings at once finish sooner. Each
+    job works in its own folder ``WORK/jobs/<run>-<config>`` (datasets and the memory plan
+    are linked from WORK, so every job trains on the same data). A post or pre cascade job
+    starts once the meU-net jobs of its run have ended and adopts their networks as its
+    stage 1 (copies; without them it trains its own). Finished jobs' scores are merged into
+    WORK and the report rewritten after each; jobs stop training ``SCORING`` seconds before
+    ``deadline`` (a ``time.time()`` value) to score their best checkpoint, and any still
+    running at ``deadline`` are stopped.
+    """
+    pending = _jobs(runs, configs, args, work, deadline)
     if not pending:
         return
     threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(pending)))
@@ -710,32 +772,37 @@ def run_jobs(
     log(
         f"{len(pending)} jobs, {args.jobs} at a time, {threads} threads each; logs in {work / 'jobs'}"
     )
-    running: list[
-        tuple[subprocess.Popen[bytes], tuple[str, list[str], Path, list[Experiment], str]]
-    ] = []
+    running: list[tuple[subprocess.Popen[bytes], Job]] = []
 
-    def merge(job: tuple[str, list[str], Path, list[Experiment], str]) -> None:
-        name, _, folder, members, config = job
-        for r in members:
-            store = folder / r.name / "scores.json"
+    def merge(job: Job) -> None:
+        for r in job.members:
+            store = job.folder / r.name / "scores.json"
             done = json.loads(store.read_text()) if store.is_file() else {}
-            if config in done:
-                r.results[config] = done[config]
-                if config == "unet" and r.plan["unet_patch"] == r.base.patch:
-                    r.results["unet-P"] = {**done[config], "same_as": "unet"}
+            if job.config in done:
+                r.results[job.config] = done[job.config]
+                if job.config == "unet" and r.plan["unet_patch"] == r.base.patch:
+                    r.results["unet-P"] = {**done[job.config], "same_as": "unet"}
                 r.save()
             else:
-                log(f"{name}: no scores (see {folder / 'log.txt'})")
+                log(f"{job.name}: no scores (see {job.folder / 'log.txt'})")
+
+    def ready(job: Job) -> bool:  # what it adopts has ended (or is not run here)
+        busy = {j.name for j in pending} | {j.name for _, j in running}
+        return not busy & set(job.after)
 
     while pending or running:
-        while pending and len(running) < args.jobs and time.time() < deadline - SCORING:
-            job = pending.pop(0)
-            with (job[2] / "log.txt").open("ab") as out:
-                proc = subprocess.Popen(job[1], stdout=out, stderr=subprocess.STDOUT, env=env)
+        while len(running) < args.jobs and time.time() < deadline - SCORING:
+            job = next((j for j in pending if ready(j)), None)
+            if job is None:
+                break
+            pending.remove(job)
+            _adopt_stage1(job, work)
+            with (job.folder / "log.txt").open("ab") as out:
+                proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
             running.append((proc, job))
         if time.time() >= deadline or (not running and pending):
             for proc, job in running:
-                log(f"{job[0]}: stopped at the deadline")
+                log(f"{job.name}: stopped at the deadline")
                 proc.send_signal(signal.SIGTERM)
             for proc, _ in running:
                 try:
@@ -745,13 +812,13 @@ def run_jobs(
             for _, job in running:
                 merge(job)  # a job may have finished between the last poll and the deadline
             if pending:
-                log(f"not started before the deadline: {', '.join(j[0] for j in pending)}")
+                log(f"not started before the deadline: {', '.join(j.name for j in pending)}")
             write()
             return
         for proc, job in list(running):
             if proc.poll() is not None:
                 running.remove((proc, job))
-                log(f"{job[0]}: finished (exit {proc.returncode})")
+                log(f"{job.name}: finished (exit {proc.returncode})")
                 merge(job)
                 write()
         time.sleep(1)

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The accuracy protocol (issue 12) on one GPU, inside a time limit: the small sizes (the
-# networks two CPU cores can train) on 3 seeds of the context phantom, the learnability
-# control, the same-memory U-net, U-net at P and meU-net k = 1.5 and 1.75, 15 trainings at
-# once (small networks leave a GPU mostly idle). Training stops 80 s before LIMIT and each
-# network's best checkpoint so far is scored at windows P, E(1.5) and E(1.75); the table says
-# which were stopped so. Writes accuracy.md / .json / .log and the jobs' training logs
-# (accuracy_jobs.tgz) under $OUT (default /tmp/meunet-out; copy the table to
-# benchmarks/results/). On a machine with a CUDA GPU, from the repository root:
+# networks two CPU cores can train) on 3 seeds of the context phantom (or --datasets ...),
+# every configuration: the learnability control, the same-memory U-net, U-net at P, meU-net
+# k = 1.5 and 1.75, and the post, pre and low-resolution cascades (post and pre adopt the
+# meU-nets as their stage 1), JOBS trainings at once (small networks leave a GPU mostly idle).
+# Training stops 50 s before LIMIT and each network's best checkpoint so far is scored at
+# windows P, E(1.5) and E(1.75); the table says which were stopped so. Writes accuracy.md /
+# .json / .log and the jobs' training logs (accuracy_jobs.tgz) under $OUT (default
+# /tmp/meunet-out; copy the table to benchmarks/results/). On a machine with a CUDA GPU, from
+# the repository root:
 #
 #   bash benchmarks/gpu_accuracy.sh              # LIMIT=SECONDS bounds it (540), JOBS=N (15)
 #   SIZES=paper bash benchmarks/gpu_accuracy.sh  # the paper's channels, P = 64, one seed
 #
-# Further arguments go to benchmarks/accuracy.py (e.g. --resume-from an earlier accuracy.json
-# --configs meunet-k175 to finish what an earlier call left).
+# Further arguments go to benchmarks/accuracy.py, e.g. `--configs unet meunet-k175` for fewer
+# networks, `--datasets phantom` for the classic phantom, or `--resume-from` an earlier call's
+# accuracy.json to keep its finished networks.
 #
 # Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
 # of meunet's other dependencies for that Python in .wheels/ first (see gpu_inference.sh);
@@ -30,7 +33,7 @@ if [ "${SIZES:-small}" = paper ]; then
   args=(--sizes paper --deadline $((LIMIT - 20)) --out "$OUT/accuracy_paper")
 else
   args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20))
-        --configs unet-wide unet meunet-k175 meunet-k150 unet-P --out "$OUT/accuracy")
+        --out "$OUT/accuracy")
 fi
 status=0
 timeout "$LIMIT" python3 benchmarks/accuracy.py "${args[@]}" --work /tmp/acc "$@" 2>&1 \
