@@ -30,6 +30,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return root, best, meunet.load_spec(data).cases["case_002"].images[0]
 
 
+def _unknown_spacing(image: Path, folder: Path) -> Path:
+    """The test image as a TIFF that stores no voxel size."""
+    path = folder / "unknown.tif"
+    write_volume(path, np.asarray(open_volume(image)[...]), spacing_known=False)
+    return path
+
+
 def test_the_checkpoint_records_its_training_voxel_size(trained: tuple[Path, Path, Path]) -> None:
     _, best, image = trained
     with open_volume(image) as vol:
@@ -84,8 +91,7 @@ def test_an_input_of_unknown_voxel_size_is_refused(
     trained: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     _, best, image = trained
-    unknown = tmp_path / "unknown.tif"
-    write_volume(unknown, np.asarray(open_volume(image)[...]), spacing_known=False)
+    unknown = _unknown_spacing(image, tmp_path)
     out = tmp_path / "labels.zarr"
     with pytest.raises(MeunetError, match=r"unknown\.tif: its voxel size is unknown"):
         meunet.predict(best, unknown, out, resample_back=True, progress=False)
@@ -110,8 +116,7 @@ def test_labels_of_a_scan_of_unknown_voxel_size_are_marked_unknown_too(
     trained: tuple[Path, Path, Path], tmp_path: Path, suffix: str
 ) -> None:
     _, best, image = trained
-    unknown = tmp_path / "unknown.tif"
-    write_volume(unknown, np.asarray(open_volume(image)[...]), spacing_known=False)
+    unknown = _unknown_spacing(image, tmp_path)
     out = meunet.predict(best, unknown, tmp_path / f"labels{suffix}", progress=False)
     assert open_volume(out).spacing_known is False
     known = meunet.predict(best, image, tmp_path / f"known{suffix}", progress=False)
@@ -122,8 +127,7 @@ def test_a_given_voxel_size_overrides_the_files_and_reaches_the_labels(
     trained: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     _, best, image = trained
-    unknown = tmp_path / "unknown.tif"
-    write_volume(unknown, np.asarray(open_volume(image)[...]), spacing_known=False)
+    unknown = _unknown_spacing(image, tmp_path)
     out = meunet.predict(best, unknown, tmp_path / "a.nii.gz", spacing=(2, 1, 1), progress=False)
     labels = open_volume(out)
     assert labels.spacing == pytest.approx((2, 1, 1)) and labels.spacing_known
@@ -146,8 +150,7 @@ def test_resample_back_uses_a_given_voxel_size(
 ) -> None:
     _, best, image = trained
     trained_at = torch.load(best, weights_only=True)["spacing"]
-    unknown = tmp_path / "unknown.tif"  # the test image, voxel size not stored
-    write_volume(unknown, np.asarray(open_volume(image)[...]), spacing_known=False)
+    unknown = _unknown_spacing(image, tmp_path)
     half = tuple(s / 2 for s in trained_at)  # said to be twice as fine: predicted at 24^3
     out = meunet.predict(
         best, unknown, tmp_path / "l.zarr", spacing=half, resample_back=True, progress=False
