@@ -704,6 +704,21 @@ def _adopt_stage1(job: Job, work: Path) -> None:
             log(f"{job.name}: adopts {branch} from {source.parent.parent.name}")
 
 
+def _same_as_unet(job: Job, work: Path) -> bool:
+    """A unet-P job whose run's unet job found the same-memory patch to be P: record it as that."""
+    if job.config != "unet-P":
+        return False
+    done = False
+    for run in job.members:
+        folder = work / "jobs" / f"{job.name.rsplit('-unet-P', 1)[0]}-unet"
+        plans = [json.loads(f.read_text()) for f in folder.glob("memory-*.json")]
+        if "unet" in run.results and plans and plans[0].get("unet_patch") == run.base.patch:
+            run.results["unet-P"] = {**run.results["unet"], "same_as": "unet"}
+            run.save()
+            done = True
+    return done
+
+
 def _jobs(
     runs: list[Experiment], configs: list[str], args: argparse.Namespace, work: Path,
     deadline: float,
@@ -716,7 +731,7 @@ def _jobs(
                 continue
             if config == "unet-wide" and not run.name.startswith("context"):
                 continue
-            if config == "unet-P" and run.plan["unet_patch"] == run.base.patch:
+            if config == "unet-P" and run.plan.get("unet_patch") == run.base.patch:
                 continue  # the same-memory U-net is the U-net at P: copied once `unet` is in
             kind = run.name.split("-")[0]
             brats = kind == "brats4"
@@ -742,9 +757,11 @@ def _jobs(
             if math.isfinite(deadline):
                 argv += ["--train-until", f"{deadline - SCORING:.0f}"]
             after: tuple[str, ...] = ()
+            prefix = kind if brats else run.name
             if config in ("cascade-post", "cascade-pre"):
-                prefix = kind if brats else run.name
                 after = (f"{prefix}-meunet-k150", f"{prefix}-meunet-k175")
+            elif config == "unet-P" and "unet" in configs:
+                after = (f"{prefix}-unet",)  # its plan may show unet-P to be unet
             jobs.append(Job(name, argv, folder, members, config, after))
     return jobs
 
@@ -757,9 +774,11 @@ def run_jobs(
 
     Small networks leave a GPU mostly idle, so several trainings at once finish sooner. Each
     job works in its own folder ``WORK/jobs/<run>-<config>`` (datasets and the memory plan
-    are linked from WORK, so every job trains on the same data). A post or pre cascade job
-    starts once the meU-net jobs of its run have ended and adopts their networks as its
-    stage 1 (copies; without them it trains its own). Finished jobs' scores are merged into
+    are linked from WORK, so every job trains on the same data) and measures the training
+    memory its configuration needs while the others train. A post or pre cascade job starts
+    once the meU-net jobs of its run have ended and adopts their networks as its stage 1
+    (copies; without them it trains its own); a unet-P job waits for its run's unet job and
+    is not run when that one's plan shows the same-memory patch to be P. Finished jobs' scores are merged into
     WORK and the report rewritten after each; jobs stop training ``SCORING`` seconds before
     ``deadline`` (a ``time.time()`` value) to score their best checkpoint, and any still
     running at ``deadline`` are stopped.
@@ -780,7 +799,7 @@ def run_jobs(
             done = json.loads(store.read_text()) if store.is_file() else {}
             if job.config in done:
                 r.results[job.config] = done[job.config]
-                if job.config == "unet" and r.plan["unet_patch"] == r.base.patch:
+                if job.config == "unet" and r.plan.get("unet_patch") == r.base.patch:
                     r.results["unet-P"] = {**done[job.config], "same_as": "unet"}
                 r.save()
             else:
@@ -796,6 +815,9 @@ def run_jobs(
             if job is None:
                 break
             pending.remove(job)
+            if _same_as_unet(job, work):
+                log(f"{job.name}: the same-memory U-net's patch is P, so it is that network")
+                continue
             _adopt_stage1(job, work)
             with (job.folder / "log.txt").open("ab") as out:
                 proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -885,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, seed, spec in specs:
         key = work / f"memory-{len(spec.channels)}ch-{spec.num_classes}cl.json"
         plan = json.loads(key.read_text()) if key.is_file() else {"bytes": {}}
-        if not set(configs) <= set(plan.get("configs", ())):  # channels and classes only
+        # with --jobs each job measures what its configuration needs, while others train
+        if args.jobs <= 1 and not set(configs) <= set(plan.get("configs", ())):
             log(f"measuring training memory ({len(spec.channels)} channels)")
             key.parent.mkdir(parents=True, exist_ok=True)
             every = sorted(set(configs) | set(plan.get("configs", ())))
