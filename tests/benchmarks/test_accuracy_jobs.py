@@ -1,0 +1,79 @@
+"""The accuracy benchmark's statistics and its parallel jobs' bookkeeping (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def accuracy() -> Any:
+    spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks/accuracy.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["accuracy"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _run(accuracy: Any, folder: Path, results: dict[str, Any] | None = None) -> Any:
+    """An Experiment stand-in: what the job bookkeeping reads and writes."""
+    run = SimpleNamespace(
+        name="context-seed0", base=SimpleNamespace(patch=32), results=results or {},
+        plan={"bytes": {}}, store=folder / "scores.json",
+    )  # fmt: skip
+    run.save = lambda: run.store.write_text(json.dumps(run.results))
+    return run
+
+
+def test_the_verdict_needs_an_interval_that_excludes_zero(accuracy: Any) -> None:
+    above = [("s0", 0.10), ("s0", 0.12), ("s1", 0.08), ("s1", 0.11), ("s2", 0.09), ("s2", 0.13)]
+    lo, hi = accuracy.bootstrap_ci(above)
+    assert 0.08 <= lo < hi <= 0.13
+    assert accuracy.verdict(lo, hi) == "holds"
+    mixed = [("s0", 0.2), ("s0", -0.1), ("s1", -0.2), ("s1", 0.1), ("s2", 0.05), ("s2", -0.04)]
+    assert accuracy.verdict(*accuracy.bootstrap_ci(mixed)) == "inconclusive"
+    below = [(run, -d) for run, d in above]
+    assert accuracy.verdict(*accuracy.bootstrap_ci(below)) == "fails"
+
+
+def test_a_cascade_job_adopts_its_runs_meunets_and_no_lock(accuracy: Any, tmp_path: Path) -> None:
+    for branch in ("meunet-k150", "meunet-k175"):
+        post = tmp_path / "jobs" / f"context-seed0-{branch}" / "context-seed0" / "post"
+        (post / "stage1" / branch).mkdir(parents=True)
+        (post / ".meunet.json").write_text("{}")
+        (post / "stage1" / branch / "best.pt").write_text(branch)
+        (post / "stage1" / f".{branch}.lock").write_text("")
+    folder = tmp_path / "jobs" / "context-seed0-cascade-post"
+    run = _run(accuracy, tmp_path)
+    job = accuracy.Job("context-seed0-cascade-post", [], folder, [run], "cascade-post")
+    accuracy._adopt_stage1(job, tmp_path)
+    post = folder / "context-seed0" / "post"
+    assert (post / ".meunet.json").is_file()  # the cascade folder is meunet's
+    for branch in ("meunet-k150", "meunet-k175"):
+        assert (post / "stage1" / branch / "best.pt").read_text() == branch
+    assert not list(post.rglob("*.lock"))
+
+
+@pytest.mark.parametrize(("unet_patch", "skipped"), [(32, True), (48, False)])
+def test_a_unet_p_job_is_skipped_only_when_the_same_memory_patch_is_p(
+    accuracy: Any, tmp_path: Path, unet_patch: int, skipped: bool
+) -> None:
+    unet_job = tmp_path / "jobs" / "context-seed0-unet"
+    unet_job.mkdir(parents=True)
+    (unet_job / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": unet_patch}))
+    run = _run(accuracy, tmp_path, {"unet": {"windows": {}, "patch": unet_patch}})
+    job = accuracy.Job("context-seed0-unet-P", [], tmp_path / "p", [run], "unet-P")
+    assert accuracy._same_as_unet(job, tmp_path) is skipped
+    if skipped:
+        assert run.results["unet-P"]["same_as"] == "unet"
+        assert json.loads(run.store.read_text())["unet-P"]["same_as"] == "unet"
+    else:
+        assert "unet-P" not in run.results
