@@ -36,9 +36,11 @@ This benchmark answers it under one protocol:
     .venv/bin/python benchmarks/accuracy.py --sizes paper              # one GPU, one seed
 
 Small networks leave a GPU mostly idle: ``--jobs N`` trains N (dataset, seed,
-configuration) triples at once, each in its own process, and ``--deadline S``
-stops training S - 60 seconds after the start and scores each network's best
-checkpoint so far (marked in the table; a rerun resumes them).
+configuration) triples at once, each in its own process (cascades adopt their
+run's meU-nets as stage 1), and ``--deadline S`` stops training S - 30 seconds
+after the start and scores each network's best checkpoint so far (marked in
+the table; a rerun resumes them, and ``--resume-from`` keeps the finished
+networks of an earlier run whose work folder is gone).
 
 Every trained network, prediction and score is cached in ``--work`` per
 (dataset, seed, configuration, window): rerunning the command resumes, and
