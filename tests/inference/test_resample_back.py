@@ -157,3 +157,13 @@ def test_resample_back_uses_a_given_voxel_size(
     )
     labels = open_volume(out)
     assert labels.shape == (48, 48, 48) and labels.spacing == pytest.approx(half)
+
+
+def test_stage1_maps_are_refused_with_resample_back(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, best, image = trained
+    out = tmp_path / "labels.zarr"
+    with pytest.raises(MeunetError, match="--stage1 maps lie on the scan's grid"):
+        meunet.predict(best, image, out, stage1=(image,), resample_back=True, progress=False)
+    assert not out.exists()

@@ -61,6 +61,11 @@ def predict_resampled(
     from meunet.data.io.ownership import prepare_output, remove_owned
     from meunet.data.resample import resample_ratio, resample_volume
 
+    if opts.stage1:
+        raise MeunetError(
+            f"{model}: --stage1 maps lie on the scan's grid, not the training voxel size's: "
+            "predict the whole cascade from its cascade.json with --resample-back instead"
+        )
     trained = model_spacing(model)
     if trained is None:
         raise MeunetError(
