@@ -67,7 +67,9 @@ def test_the_readme_walkthrough_runs_as_written(
     for argv in commands:
         extra = SHORT if argv[0] == "train" else []
         assert main([*argv, *extra]) == 0, " ".join(argv)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "thinner than" not in captured.err  # check compared the sizes trained with
 
     em = open_volume("em.zarr")
     assert em.shape == SHAPE and em.spacing == pytest.approx((50, 4.6, 4.6)) and em.spacing_known

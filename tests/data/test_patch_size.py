@@ -180,3 +180,17 @@ def test_check_command_compares_the_configs_patch(
     err = capsys.readouterr().err
     assert "patch: auto -> patch 16x64x64" in err
     assert "thinner than the expanded patch 32x96x96 along z (20 < 32), y (64 < 96)" in err
+
+
+def test_check_says_when_it_compared_with_the_default_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from meunet.cli.main import main
+
+    spec = fly_dataset(tmp_path, (20, 64, 64), cases=3)
+    assert main(["check", str(spec), "--quiet"]) == 0
+    assert "note: those sizes are the defaults'" in capsys.readouterr().err
+    fitting = ["--set", "model.name=unet", "--set", "sampler.patch=[16,64,64]"]
+    assert main(["check", str(spec), "--quiet", *fitting]) == 0
+    err = capsys.readouterr().err
+    assert "thinner than" not in err and "note:" not in err

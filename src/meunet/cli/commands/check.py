@@ -41,6 +41,16 @@ def run(args: argparse.Namespace) -> int:
     print(report.table())
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if (
+        args.config is None
+        and not args.set
+        and any("thinner than" in str(w) for w in report.warnings)
+    ):
+        print(
+            "note: those sizes are the defaults' (patch 64, a meU-net's expanded 96); give "
+            "--config (and --set) to check the sizes you will train with",
+            file=sys.stderr,
+        )
     if report.ok:
         print("OK: no problems found")
         return 0
