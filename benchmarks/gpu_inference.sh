@@ -12,7 +12,7 @@
 # Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
 # of meunet's other dependencies and of MONAI for that Python in .wheels/ first, e.g. for
 # Python 3.12: `pip download -d .wheels --no-deps --only-binary=:all: --python-version 3.12
-# --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 zarr numcodecs donfig
+# --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 zarr numcodecs donfig google-crc32c
 # crc32c typing_extensions monai pytest pluggy iniconfig` elsewhere; they are installed into
 # /tmp/site. Without MONAI the meunet rows are still made; with pytest, the engine's GPU tests
 # (`-m gpu`, under a minute) run first and write gpu_tests.log.
