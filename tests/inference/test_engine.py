@@ -15,20 +15,19 @@ import torch
 from meunet.data.io import open_volume, write_volume
 from meunet.data.sampling import channel_stats, grid_positions
 from meunet.errors import SettingError, VolumeError
-from meunet.inference import engine, sinks
-from meunet.inference.engine import (
-    Channels,
+from meunet.inference import engine, sinks, windows
+from meunet.inference.engine import Channels, run_windows
+from meunet.inference.sinks import ArraySink
+from meunet.inference.stream import predict_volume
+from meunet.inference.windows import (
     argmax_classes,
     auto_batch,
     centre_weights,
     check_windows,
     resolve_batch,
     resolve_precision,
-    run_windows,
     vote_dtype,
 )
-from meunet.inference.sinks import ArraySink
-from meunet.inference.stream import predict_volume
 from meunet.models import create_model
 
 TINY = {"encoder_channels": (4, 8, 8, 16, 16), "decoder_channels": (8, 8, 4, 4)}
@@ -130,7 +129,7 @@ def test_the_device_argmax_breaks_ties_as_numpy_does() -> None:
     scores = np.array([[1, 2, 2, 0], [1, 2, 1, 3], [0, 2, 2, 3]], np.uint8)[:, :, None, None]
     expected = argmax_classes(scores)
     assert expected.ravel().tolist() == [0, 0, 0, 1]
-    assert engine._argmax(torch.from_numpy(scores)).numpy().tolist() == expected.tolist()
+    assert windows._argmax(torch.from_numpy(scores)).numpy().tolist() == expected.tolist()
 
 
 @pytest.fixture
@@ -288,11 +287,11 @@ def test_batch_auto() -> None:
         check_windows(PATCH, "vote", "big", 0.5)  # type: ignore[arg-type]
     gib = 1 << 30
     assert auto_batch(gib, 10 * gib, 49) == 5  # half of the free memory
-    assert auto_batch(gib, 100 * gib, 49) == engine.MAX_AUTO_BATCH
+    assert auto_batch(gib, 100 * gib, 49) == windows.MAX_AUTO_BATCH
     assert auto_batch(gib, 100 * gib, 3) == 3  # no more than a row of windows
     assert auto_batch(4 * gib, gib, 49) == 1  # at least one
     cpu = torch.device("cpu")
-    assert resolve_batch("auto", _model(), PATCH, (2, 0), cpu, "fp32", 49) == engine.CPU_BATCH
+    assert resolve_batch("auto", _model(), PATCH, (2, 0), cpu, "fp32", 49) == windows.CPU_BATCH
     assert resolve_batch(5, _model(), PATCH, (2, 0), cpu, "fp32", 49) == 5
 
 

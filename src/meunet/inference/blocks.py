@@ -45,8 +45,8 @@ from meunet.data.patch_size import compact, format_patch, patch_shape
 from meunet.data.sampling import channel_stats
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.engine import check_windows, resolve_precision
 from meunet.inference.sinks import ZarrSink, open_output, signature
+from meunet.inference.windows import check_windows, resolve_precision
 
 CONNECT_TIMEOUT = "30s"  # how long to wait for a scheduler to answer
 

@@ -22,8 +22,8 @@ from meunet.data.resample import downsample_image, upsample_labels
 from meunet.data.sampling import channel_stats
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.engine import check_windows, resolve_precision
 from meunet.inference.stream import predict_volume
+from meunet.inference.windows import check_windows, resolve_precision
 from meunet.models import UNet3D, load_model
 
 

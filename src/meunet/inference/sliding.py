@@ -11,17 +11,16 @@ import numpy as np
 import torch
 
 from meunet.data.patch_size import PatchSize
-from meunet.inference.engine import (  # the geometry's home is the engine; kept importable here
+from meunet.inference.engine import Channels, run_windows
+from meunet.inference.sinks import ArraySink
+from meunet.inference.windows import (  # the geometry's home; kept importable here
     FUSIONS,
-    Channels,
     argmax_classes,
     centre_weights,
     check_windows,
-    run_windows,
     vote_dtype,
     window_step,
 )
-from meunet.inference.sinks import ArraySink
 from meunet.models import UNet3D
 
 __all__ = [

@@ -36,8 +36,9 @@ from meunet.data.patch_size import PatchSize, compact, format_patch, patch_shape
 from meunet.data.sampling import channel_stats, check_class_map, grid_positions
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.engine import Channels, check_windows, resolve_precision, run_windows
+from meunet.inference.engine import Channels, run_windows
 from meunet.inference.sinks import ZarrSink, model_digest, open_output, signature
+from meunet.inference.windows import check_windows, resolve_precision
 from meunet.models import UNet3D
 
 
