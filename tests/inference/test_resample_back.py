@@ -167,3 +167,19 @@ def test_stage1_maps_are_refused_with_resample_back(
     with pytest.raises(MeunetError, match="--stage1 maps lie on the scan's grid"):
         meunet.predict(best, image, out, stage1=(image,), resample_back=True, progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["labels.zarr", "labels.zarr.input0.partial.zarr"])
+def test_a_path_meunet_did_not_write_stays_byte_identical(
+    trained: tuple[Path, Path, Path], tmp_path: Path, name: str
+) -> None:
+    _, best, image = trained
+    fine = tmp_path / "fine.zarr"
+    resample_volume(image, fine, factor=0.5, progress=False)
+    theirs = tmp_path / name  # the output, or a work store's name, is a user's folder
+    theirs.mkdir()
+    (theirs / "notes.txt").write_bytes(b"the user's\n")
+    with pytest.raises(MeunetError, match="meunet did not write"):
+        meunet.predict(best, fine, tmp_path / "labels.zarr", resample_back=True, progress=False)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    assert (theirs / "notes.txt").read_bytes() == b"the user's\n"
