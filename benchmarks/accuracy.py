@@ -708,12 +708,13 @@ def _adopt_stage1(job: Job, work: Path) -> None:
 
 def _same_as_unet(job: Job, work: Path) -> bool:
     """A unet-P job whose run's unet job found the same-memory patch to be P: record it as that."""
-    if job.config != "unet-P":
+    if job.config != "unet-P" or not job.after:
         return False
     done = False
+    plans = [
+        json.loads(f.read_text()) for f in (work / "jobs" / job.after[0]).glob("memory-*.json")
+    ]
     for run in job.members:
-        folder = work / "jobs" / f"{job.name.rsplit('-unet-P', 1)[0]}-unet"
-        plans = [json.loads(f.read_text()) for f in folder.glob("memory-*.json")]
         if "unet" in run.results and plans and plans[0].get("unet_patch") == run.base.patch:
             run.results["unet-P"] = {**run.results["unet"], "same_as": "unet"}
             run.save()

@@ -70,7 +70,9 @@ def test_a_unet_p_job_is_skipped_only_when_the_same_memory_patch_is_p(
     unet_job.mkdir(parents=True)
     (unet_job / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": unet_patch}))
     run = _run(accuracy, tmp_path, {"unet": {"windows": {}, "patch": unet_patch}})
-    job = accuracy.Job("context-seed0-unet-P", [], tmp_path / "p", [run], "unet-P")
+    job = accuracy.Job(
+        "context-seed0-unet-P", [], tmp_path / "p", [run], "unet-P", ("context-seed0-unet",)
+    )
     assert accuracy._same_as_unet(job, tmp_path) is skipped
     if skipped:
         assert run.results["unet-P"]["same_as"] == "unet"

@@ -122,11 +122,12 @@ def _train_cascade(
     extra: dict[str, list[Path]] = {cid: [] for cid in spec.cases}
     dataset = dataset_identity(spec)
     full = resolve_patch(base, spec)  # patch: auto, once for the full-resolution stages
-    branches = {
-        name: cfg if cfg.downsample > 1 else dataclasses.replace(cfg, patch=full.patch)
+    branches = {  # a low-resolution branch resolves auto for its downsampled volumes
+        name: resolve_patch(cfg, spec)
+        if cfg.downsample > 1
+        else dataclasses.replace(cfg, patch=full.patch)
         for name, cfg in stage1_configs(mode, base).items()
     }
-    branches = {name: resolve_patch(cfg, spec) for name, cfg in branches.items()}  # low-res ones
     for name, cfg in branches.items():
         branch = run.branch(name)
         done, record = run.branch_done(name), run.branch_record(name)
