@@ -50,8 +50,8 @@ def predict_resampled(
         model: A checkpoint or cascade.json that records its training spacing.
         vols: The input channels (their spacing must be known).
         output: The labels, on the inputs' grid.
-        opts: :class:`meunet.PredictOptions` (``resample_back`` is dropped for the inner
-            prediction).
+        opts: :class:`meunet.PredictOptions` (``resample_back`` and ``spacing``, already
+            applied to ``vols``, are dropped for the inner prediction).
         predict: :func:`meunet.predict`.
 
     Raises:
@@ -86,7 +86,7 @@ def predict_resampled(
                 f"{vol.path}: spacing {vol.spacing} differs from {first.path}'s {first.spacing}; "
                 "the input channels must share one grid"
             )
-    inner = opts.with_(resample_back=False)
+    inner = opts.with_(resample_back=False, spacing=None)  # the volumes carry a given one
     ratio = resample_ratio(first.spacing, target=trained)
     if np.allclose(ratio, 1.0, rtol=0, atol=SAME_SPACING):
         return predict(model, vols, output, options=inner)  # already at the training's
