@@ -3,11 +3,13 @@
 # sliding_window_inference on one GPU, in one run: the paper's U-net (random weights), 128^3
 # windows, overlap 0.5, the paper-scale phantom case (1072 x 470 x 470, made first in under a
 # minute). Records seconds, host peak RSS, GPU peak memory and GPU busy fraction.
-# Sized to finish inside a 9-minute call on one H100 or H200. Writes inference_gpu.md and its
-# log under $OUT (default /tmp/meunet-out; copy the table to benchmarks/results/). On a machine
-# with a CUDA GPU:
+# Then profiles meunet's row once (benchmarks/profile_predict.py: the GPU's idle time by what
+# the host was doing meanwhile). Sized to finish inside a 9-minute call on one H100 or H200.
+# Writes inference_gpu.md, profile_predict.md and their logs under $OUT (default
+# /tmp/meunet-out; copy the tables to benchmarks/results/). On a machine with a CUDA GPU:
 #
-#   bash benchmarks/gpu_inference.sh      # from the repository root; LIMIT=SECONDS caps the table (420)
+#   bash benchmarks/gpu_inference.sh      # from the repository root; LIMIT=SECONDS caps the table
+#                                         # (420), PROFILE_LIMIT the profile (120; 0: none)
 #
 # Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
 # of meunet's other dependencies and of MONAI for that Python in .wheels/ first, e.g. for
@@ -39,3 +41,7 @@ if python3 -c "import pytest" 2>/dev/null; then
 fi
 timeout "${LIMIT:-420}" python3 benchmarks/inference.py --device cuda \
   --out "$OUT/inference_gpu.md" 2>&1 | tee "$OUT/inference_gpu.log" | tail -40
+if [ "${PROFILE_LIMIT:-120}" -gt 0 ]; then
+  timeout "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_predict.py --device cuda \
+    --out "$OUT/profile_predict.md" 2>&1 | tee "$OUT/profile_predict.log" | tail -25 || true
+fi

@@ -229,6 +229,11 @@ class _Writer:
             raise self.error
 
 
+def phase(name: str) -> contextlib.AbstractContextManager:
+    """A named range for ``torch.profiler`` (``benchmarks/profile_predict.py``); free otherwise."""
+    return torch.profiler.record_function(f"meunet.{name}")
+
+
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
@@ -363,8 +368,9 @@ def run_windows(
     rows = [z for z in zs if z + patch > sink.start]
     windows = [(y, x) for y in ys for x in xs]
     n_extra = 0 if extra is None else len(extra.read) * (classes if extra.labels else 1)
-    batch = resolve_batch(batch_size, model, sides, (len(image.read), n_extra), device,
-                          precision, len(windows))  # fmt: skip
+    with phase("batch-size"):
+        batch = resolve_batch(batch_size, model, sides, (len(image.read), n_extra), device,
+                              precision, len(windows))  # fmt: skip
     groups = [image] if extra is None else [image, extra]
     slabs = [torch.full((len(g.read), patch, *plane), g.fill, device=device,
                         dtype=_torch_dtype(g.dtype)) for g in groups]  # fmt: skip
@@ -382,47 +388,57 @@ def run_windows(
                     _shift(s, step, numpy)
                 filled = patch - step
             while filled < patch:
-                z0, z1, bufs = reader.get()
-                for s, b in zip(slabs, bufs, strict=True):
-                    if numpy:
-                        s.numpy()[:, filled : filled + z1 - z0] = b.numpy()[:, : z1 - z0]
-                    else:
-                        s[:, filled : filled + z1 - z0].copy_(b[:, : z1 - z0], non_blocking=True)
-                reader.release(bufs)
+                with phase("read-wait"):
+                    z0, z1, bufs = reader.get()
+                with phase("slab"):
+                    for s, b in zip(slabs, bufs, strict=True):
+                        if numpy:
+                            s.numpy()[:, filled : filled + z1 - z0] = b.numpy()[:, : z1 - z0]
+                        else:
+                            s[:, filled : filled + z1 - z0].copy_(
+                                b[:, : z1 - z0], non_blocking=True
+                            )
+                    reader.release(bufs)
                 filled += z1 - z0
             for j in range(0, len(windows), batch):
                 group = windows[j : j + batch]
-                x = _crops(slabs[0], group, sides, numpy)
-                e = None
-                if extra is not None:
-                    e = _crops(slabs[1], group, sides, numpy)
-                    if extra.labels:
-                        e = _one_hot(e, classes, numpy)
-                with _autocast(precision, device):
+                with phase("crops"):
+                    x = _crops(slabs[0], group, sides, numpy)
+                    e = None
+                    if extra is not None:
+                        e = _crops(slabs[1], group, sides, numpy)
+                        if extra.labels:
+                            e = _one_hot(e, classes, numpy)
+                with phase("forward"), _autocast(precision, device):
                     logits = model(x, e)
-                acc.add(logits.float(), group)
+                with phase("fuse"):
+                    acc.add(logits.float(), group)
                 if progress is not None:
                     progress(len(group))
             last = i == len(rows) - 1
             end = min(depth, z + patch) if last else min(depth, z + step)
             if end > done_until:
                 lo = max(z, done_until)
-                labels = acc.labels(lo - z, end - z, height, width)
-                event = None
-                if device.type == "cuda":  # through pinned memory; the writer waits for it
-                    host = torch.empty(labels.shape, dtype=torch.uint8, pin_memory=True)
-                    host.copy_(labels, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    labels = host
-                writer.put(lo, end, labels, event)
+                with phase("labels"):
+                    labels = acc.labels(lo - z, end - z, height, width)
+                    event = None
+                    if device.type == "cuda":  # through pinned memory; the writer waits for it
+                        host = torch.empty(labels.shape, dtype=torch.uint8, pin_memory=True)
+                        host.copy_(labels, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                        labels = host
+                with phase("write-handoff"):
+                    writer.put(lo, end, labels, event)
                 done_until = end
-            acc.shift(step)
+            with phase("shift"):
+                acc.shift(step)
     except BaseException:
         reader.close()
         with contextlib.suppress(BaseException):
             writer.finish()  # the rows finished before the error are kept: a rerun resumes
         raise
-    reader.close()
-    writer.finish()
-    sink.close()
+    with phase("finish"):
+        reader.close()
+        writer.finish()
+        sink.close()

@@ -36,7 +36,7 @@ from meunet.data.patch_size import PatchSize, compact, format_patch, patch_shape
 from meunet.data.sampling import channel_stats, check_class_map, grid_positions
 from meunet.data.volume import Volume
 from meunet.errors import MeunetError
-from meunet.inference.engine import Channels, run_windows
+from meunet.inference.engine import Channels, phase, run_windows
 from meunet.inference.sinks import ZarrSink, model_digest, open_output, signature
 from meunet.inference.windows import check_windows, resolve_precision
 from meunet.models import UNet3D
@@ -154,7 +154,10 @@ def predict_volume(
     settings = {"patch": patch, "fusion": f"{fusion}/{step}", "config": cfg.to_dict(),
                 "precision": precision}  # fmt: skip
     sig = signature(model_digest(model), inputs, extra, settings)
-    stats = list(stats) if stats is not None else [channel_stats(v) for v in inputs]
+    if stats is None:
+        with phase("stats"):
+            stats = [channel_stats(v) for v in inputs]
+    stats = list(stats)
     sources = [*inputs, *extra]
     with claim_output(output, sources, overwrite, command="predict"):
         if store != output:
