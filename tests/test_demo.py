@@ -100,3 +100,19 @@ def test_context_option_makes_the_context_phantom(
     assert main(["demo", "--out", str(out), *TINY, "--context", "12", "--quiet"]) == 130
     assert seen["context_distance"] == 12.0
     assert json.loads((out / "demo.json").read_text())["phantom"]["context"] == 12.0
+
+
+def test_the_reports_accuracy_sentence_says_what_the_accuracy_table_says() -> None:
+    from meunet.demo import ACCURACY
+
+    table = (Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy.md").read_text()
+    for claim, said, verdict in [
+        ("meunet-k175 @E175 > unet @own", "+0.114, 95 % CI [+0.015, +0.283]", "holds"),
+        ("meunet-k150 @E150 > unet @own", "+0.042, [-0.064, +0.166]", "inconclusive"),
+    ]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {claim} |"))
+        mean, ci = said.replace("95 % CI ", "").split(", ", 1)
+        assert f"| {mean} | {ci} | 6 | {verdict} |" in row, (
+            f"accuracy.md says {row}: update meunet.demo.ACCURACY"
+        )
+        assert said in ACCURACY
