@@ -895,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = args.datasets or (["context"] if args.sizes == "paper" else list(DATASETS))
     configs = args.configs or list(size["configs"])
     work = Path(args.work or ROOT / "runs" / f"accuracy-{args.sizes}")
-    prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "small" else "accuracy_paper"))
+    prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "small" else "accuracy_gpu"))
 
     specs: list[tuple[str, int, DatasetSpec]] = []
     seeds = args.seeds or size["seeds"]

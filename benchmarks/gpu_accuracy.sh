@@ -11,7 +11,7 @@
 # the repository root:
 #
 #   bash benchmarks/gpu_accuracy.sh              # LIMIT=SECONDS bounds it (540), JOBS=N (15)
-#   SIZES=paper bash benchmarks/gpu_accuracy.sh  # the paper's channels, P = 64, one seed
+#   SIZES=paper bash benchmarks/gpu_accuracy.sh  # the paper's channels, P = 64, one seed; writes accuracy_gpu.md
 #
 # Further arguments go to benchmarks/accuracy.py, e.g. `--configs unet meunet-k175` for fewer
 # networks, `--datasets phantom` for the classic phantom, or `--resume-from` an earlier call's
@@ -30,7 +30,7 @@ fi
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
 if [ "${SIZES:-small}" = paper ]; then
-  args=(--sizes paper --deadline $((LIMIT - 20)) --out "$OUT/accuracy_paper")
+  args=(--sizes paper --deadline $((LIMIT - 20)) --out "$OUT/accuracy_gpu")
 else
   args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20))
         --out "$OUT/accuracy")

@@ -15,7 +15,8 @@ phantom case as Zarr) once under ``torch.profiler`` and writes a table:
   device's activities, what the host was doing meanwhile. Idle during
   ``forward`` means kernels are launched slower than they run; during
   ``read-wait``, the reader is behind; during ``stats``, the statistics pass
-  that precedes the first window;
+  that precedes the first window; during ``first-forward``, the device's
+  kernels being loaded and chosen;
 - the kernels that took the most device time.
 
     .venv/bin/python benchmarks/profile_predict.py --device cuda           # profile_predict.md

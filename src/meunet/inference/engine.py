@@ -409,7 +409,8 @@ def run_windows(
                         e = _crops(slabs[1], group, sides, numpy)
                         if extra.labels:
                             e = _one_hot(e, classes, numpy)
-                with phase("forward"), _autocast(precision, device):
+                # the first pass apart: it loads the device's kernels and picks their algorithms
+                with phase("forward" if i or j else "first-forward"), _autocast(precision, device):
                     logits = model(x, e)
                 with phase("fuse"):
                     acc.add(logits.float(), group)
