@@ -9,7 +9,8 @@
 # /tmp/meunet-out; copy the tables to benchmarks/results/). On a machine with a CUDA GPU:
 #
 #   bash benchmarks/gpu_inference.sh      # from the repository root; LIMIT=SECONDS caps the table
-#                                         # (420), PROFILE_LIMIT the profile (120; 0: none)
+#                                         # (420; 0: none), PROFILE_LIMIT the profile (120; 0: none),
+#                                         # GPU_TESTS=0 skips the GPU tests
 #
 # Needs python3 with a CUDA build of torch. On a machine without network access, put wheels
 # of meunet's other dependencies and of MONAI for that Python in .wheels/ first, e.g. for
@@ -35,12 +36,14 @@ print(torch.__version__, torch.cuda.get_device_name(),
       "MONAI:", "yes" if importlib.util.find_spec("monai") else "no (its rows are left out)")
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-if python3 -c "import pytest" 2>/dev/null; then
+if [ "${GPU_TESTS:-1}" = 1 ] && python3 -c "import pytest" 2>/dev/null; then
   timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/inference/test_engine.py \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -5 || true
 fi
-timeout "${LIMIT:-420}" python3 benchmarks/inference.py --device cuda \
-  --out "$OUT/inference_gpu.md" 2>&1 | tee "$OUT/inference_gpu.log" | tail -40
+if [ "${LIMIT:-420}" -gt 0 ]; then
+  timeout "${LIMIT:-420}" python3 benchmarks/inference.py --device cuda \
+    --out "$OUT/inference_gpu.md" 2>&1 | tee "$OUT/inference_gpu.log" | tail -40
+fi
 if [ "${PROFILE_LIMIT:-120}" -gt 0 ]; then
   timeout "${PROFILE_LIMIT:-120}" python3 benchmarks/profile_predict.py --device cuda \
     --out "$OUT/profile_predict.md" 2>&1 | tee "$OUT/profile_predict.log" | tail -25 || true
