@@ -129,6 +129,7 @@ CLAIMS = [
     ("cascade-post", "own", "cascade-pre", "own", "0.768 vs 0.756 (Table 5)"),
     ("cascade-post", "own", "cascade-lowres", "own", "0.768 vs 0.659 (Table 3)"),
 ]
+MIN_RUNS = 2  # independent trainings (seeds or folds) a verdict needs
 LEARNABLE = 0.7  # the control's small-class Dice below which the task is not shown learnable
 SCORING = 30  # seconds a job keeps after its training time limit to score its best checkpoint
 
@@ -521,7 +522,14 @@ def bootstrap_ci(diffs: list[tuple[str, float]], seed: int = 0) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def verdict(lo: float, hi: float) -> str:
+def verdict(lo: float, hi: float, runs: int) -> str:
+    """'holds' / 'fails' when the interval excludes 0, from at least :data:`MIN_RUNS` trainings.
+
+    One training's test cases show how that network varies, not how the method
+    does from one training to the next: its interval earns no verdict.
+    """
+    if runs < MIN_RUNS:
+        return f"none: {runs} training (a verdict needs {MIN_RUNS} seeds or folds)"
     return "holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"
 
 
@@ -594,7 +602,7 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
         lo, hi = bootstrap_ci(diffs)
         mean = float(np.mean([d for _, d in diffs]))
         lines.append(
-            f"| {name} | {paper} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi)} |"
+            f"| {name} | {paper} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
         )
     control = [
         c["dice"][small]
@@ -945,7 +953,8 @@ def main(argv: list[str] | None = None) -> int:
         "validation on the training cases; HD95 in mm. Seed 0 for both folds.",
         f"- Confidence intervals: {BOOTSTRAP} bootstrap resamples of runs (seeds or folds), "
         "then of test cases within each; 'holds' when the 95 % interval lies above 0, 'fails' "
-        "when below, else 'inconclusive'.",
+        f"when below, else 'inconclusive'; no verdict from fewer than {MIN_RUNS} runs (one "
+        "training's test cases show that network's spread, not the method's).",
     ]
     machine = (
         torch.cuda.get_device_name()

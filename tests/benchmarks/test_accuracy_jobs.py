@@ -37,11 +37,18 @@ def test_the_verdict_needs_an_interval_that_excludes_zero(accuracy: Any) -> None
     above = [("s0", 0.10), ("s0", 0.12), ("s1", 0.08), ("s1", 0.11), ("s2", 0.09), ("s2", 0.13)]
     lo, hi = accuracy.bootstrap_ci(above)
     assert 0.08 <= lo < hi <= 0.13
-    assert accuracy.verdict(lo, hi) == "holds"
+    assert accuracy.verdict(lo, hi, 3) == "holds"
     mixed = [("s0", 0.2), ("s0", -0.1), ("s1", -0.2), ("s1", 0.1), ("s2", 0.05), ("s2", -0.04)]
-    assert accuracy.verdict(*accuracy.bootstrap_ci(mixed)) == "inconclusive"
+    assert accuracy.verdict(*accuracy.bootstrap_ci(mixed), 3) == "inconclusive"
     below = [(run, -d) for run, d in above]
-    assert accuracy.verdict(*accuracy.bootstrap_ci(below)) == "fails"
+    assert accuracy.verdict(*accuracy.bootstrap_ci(below), 3) == "fails"
+
+
+def test_one_training_earns_no_verdict(accuracy: Any) -> None:
+    one = [("s0", 0.002), ("s0", 0.001)]  # two test cases of one seed, both above 0
+    lo, hi = accuracy.bootstrap_ci(one)
+    assert lo > 0
+    assert accuracy.verdict(lo, hi, 1).startswith("none: 1 training")
 
 
 def test_a_cascade_job_adopts_its_runs_meunets_and_no_lock(accuracy: Any, tmp_path: Path) -> None:
@@ -79,3 +86,27 @@ def test_a_unet_p_job_is_skipped_only_when_the_same_memory_patch_is_p(
         assert json.loads(run.store.read_text())["unet-P"]["same_as"] == "unet"
     else:
         assert "unet-P" not in run.results
+
+
+def _scored(hind_gut: list[float]) -> dict[str, Any]:
+    """A network's entry as the benchmark stores it: hind-gut Dice per test case at every window."""
+    cases = {f"case_{i:03d}": {"dice": [1.0, 0.9, d], "hd95": [float("nan"), 1.0, 2.0]}
+             for i, d in enumerate(hind_gut)}  # fmt: skip
+    entry = {"steps": 10, "step_cap": 20, "epochs": 5, "best_epoch": 3, "early_stop": True,
+             "seconds": 1.0, "patch": 32, "window": 32, "time_capped": False, "memory": 1 << 20}  # fmt: skip
+    entry["windows"] = {w: {"window": 32, "cases": cases} for w in ("P", "E150", "E175", "own")}
+    return entry
+
+
+@pytest.mark.parametrize("seeds, expected", [(1, "none: 1 training"), (3, "holds")])
+def test_the_claims_table_gives_a_verdict_only_from_several_trainings(
+    accuracy: Any, seeds: int, expected: str
+) -> None:
+    runs = {f"context-seed{s}": {"cascade-post": _scored([0.82, 0.85]), "meunet-k175": _scored([0.80, 0.84])}
+            for s in range(seeds)}  # fmt: skip
+    meta = {"classes": {"context": ["background", "mid-gut", "hind-gut"]}}
+    lines = accuracy.dataset_section("context", runs, meta)
+    row = next(
+        line for line in lines if line.startswith("| cascade-post @own > meunet-k175 @E175 |")
+    )
+    assert f"| {2 * seeds} | {expected}" in row
