@@ -116,3 +116,20 @@ def test_the_reports_accuracy_sentence_says_what_the_accuracy_table_says() -> No
             f"accuracy.md says {row}: update meunet.demo.ACCURACY"
         )
         assert said in ACCURACY
+
+
+def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None:
+    from meunet.demo import ACCURACY
+
+    table = (
+        Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_cascade_cpu.md"
+    ).read_text()
+    own = {line.split(" | ")[0].strip("| "): line.split(" | ")[4] for line in table.splitlines()
+           if "(own) |" in line}  # fmt: skip
+    for config, dice in [("cascade-post", "0.823"), ("cascade-pre", "0.820"),
+                         ("meunet-k175", "0.821"), ("cascade-lowres", "0.747")]:  # fmt: skip
+        assert own[config].startswith(dice), (
+            f"{config}: the table says {own[config]}; update ACCURACY"
+        )
+        assert dice in ACCURACY
+    assert "none: 1 training" in table
