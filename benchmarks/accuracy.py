@@ -979,7 +979,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         text = report(results, meta)
         text += (
-            f"\nTraining time summed over the networks above: "
+            f"\nTraining time summed over the rows above (a cascade's includes its stage 1, which "
+            "may also be a meU-net row's networks): "
             f"{sum(meta['work_seconds'].values()) / 3600:.2f} h "
             f"(this invocation: {meta['seconds'] / 3600:.2f} h of wall time).\n"
         )
