@@ -472,8 +472,11 @@ class Experiment:
             cfg = stage2_config(mode, base)
             record = {**training_record(cascade.stage2, cfg), "time_capped": capped}
             branches = stage1_configs(mode, base)
+            record["networks"] = {config: record["seconds"]}  # each network's own seconds
             for b, bcfg in branches.items():
-                record["seconds"] += training_record(cascade.branch(b), bcfg)["seconds"]
+                seconds = training_record(cascade.branch(b), bcfg)["seconds"]
+                record["networks"][b if mode != "lowres" else f"{config}/{b}"] = seconds
+                record["seconds"] += seconds
             maps = [cascade.predictions(b) for b in branches]
             scores = self.score(config, cascade.stage2.best, cfg.window, maps)
             stage1_mem = (
@@ -487,6 +490,26 @@ class Experiment:
 
 
 # ----------------------------------------------------------------------------- statistics
+
+
+def network_seconds(results: dict[str, Any]) -> dict[str, float]:
+    """Training seconds of each distinct network of one run.
+
+    A post or pre cascade's stage 1 is the run's meU-net rows (pre shares post's), so its
+    seconds are counted once. Records made before cascades listed their ``networks`` are
+    split the same way when the run has those meU-net rows, else counted whole.
+    """
+    out: dict[str, float] = {}
+    for config, record in results.items():
+        networks = record.get("networks")
+        if networks is None:
+            networks = {config: record.get("seconds", 0.0)}
+            shared = [c for c in ("meunet-k150", "meunet-k175") if c in results]
+            if config in ("cascade-post", "cascade-pre") and len(shared) == 2:
+                networks = {c: results[c]["seconds"] for c in shared}
+                networks[config] = record["seconds"] - sum(networks.values())
+        out.update(networks)
+    return out
 
 
 def paired(
@@ -975,12 +998,12 @@ def main(argv: list[str] | None = None) -> int:
         results = {r.name: r.results for r in runs if r.results}
         meta["seconds"] = round(time.perf_counter() - t_start)
         meta["work_seconds"] = {
-            r.name: round(sum(c.get("seconds", 0) for c in r.results.values())) for r in runs
+            r.name: round(sum(network_seconds(r.results).values())) for r in runs
         }
         text = report(results, meta)
         text += (
-            f"\nTraining time summed over the rows above (a cascade's includes its stage 1, which "
-            "may also be a meU-net row's networks): "
+            "\nTraining time summed over the networks above, each counted once (the post and "
+            "pre cascades' stage 1 is the meU-net rows' networks): "
             f"{sum(meta['work_seconds'].values()) / 3600:.2f} h "
             f"(this invocation: {meta['seconds'] / 3600:.2f} h of wall time).\n"
         )

@@ -110,3 +110,22 @@ def test_the_claims_table_gives_a_verdict_only_from_several_trainings(
         line for line in lines if line.startswith("| cascade-post @own > meunet-k175 @E175 |")
     )
     assert f"| {2 * seeds} | {expected}" in row
+
+
+def test_the_summed_training_time_counts_a_shared_stage_1_once(accuracy: Any) -> None:
+    results = {
+        "meunet-k150": {"seconds": 100.0},
+        "meunet-k175": {"seconds": 300.0},
+        "cascade-post": {"seconds": 450.0, "networks": {"cascade-post": 50.0, "meunet-k150": 100.0, "meunet-k175": 300.0}},
+        "cascade-pre": {"seconds": 460.0, "networks": {"cascade-pre": 60.0, "meunet-k150": 100.0, "meunet-k175": 300.0}},
+        "cascade-lowres": {"seconds": 90.0, "networks": {"cascade-lowres": 70.0, "cascade-lowres/lowres": 20.0}},
+    }  # fmt: skip
+    assert sum(accuracy.network_seconds(results).values()) == 100 + 300 + 50 + 60 + 90
+
+
+def test_records_without_networks_split_a_cascade_by_the_runs_meunet_rows(accuracy: Any) -> None:
+    old = {"meunet-k150": {"seconds": 100.0}, "meunet-k175": {"seconds": 300.0},
+           "cascade-post": {"seconds": 450.0}, "cascade-pre": {"seconds": 460.0}}  # fmt: skip
+    assert sum(accuracy.network_seconds(old).values()) == 100 + 300 + 50 + 60
+    alone = {"cascade-post": {"seconds": 450.0}}  # its stage 1 is no row: counted whole
+    assert accuracy.network_seconds(alone) == {"cascade-post": 450.0}
