@@ -472,11 +472,10 @@ class Experiment:
             cfg = stage2_config(mode, base)
             record = {**training_record(cascade.stage2, cfg), "time_capped": capped}
             branches = stage1_configs(mode, base)
-            record["networks"] = {config: record["seconds"]}  # each network's own seconds
-            for b, bcfg in branches.items():
-                seconds = training_record(cascade.branch(b), bcfg)["seconds"]
-                record["networks"][b if mode != "lowres" else f"{config}/{b}"] = seconds
-                record["seconds"] += seconds
+            networks = {config: record["seconds"]}  # each network's own seconds, stage 2's too
+            for b, bcfg in branches.items():  # a branch's name is unique in a run
+                networks[b] = training_record(cascade.branch(b), bcfg)["seconds"]
+            record["networks"], record["seconds"] = networks, sum(networks.values())
             maps = [cascade.predictions(b) for b in branches]
             scores = self.score(config, cascade.stage2.best, cfg.window, maps)
             stage1_mem = (

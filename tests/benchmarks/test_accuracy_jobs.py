@@ -118,7 +118,7 @@ def test_the_summed_training_time_counts_a_shared_stage_1_once(accuracy: Any) ->
         "meunet-k175": {"seconds": 300.0},
         "cascade-post": {"seconds": 450.0, "networks": {"cascade-post": 50.0, "meunet-k150": 100.0, "meunet-k175": 300.0}},
         "cascade-pre": {"seconds": 460.0, "networks": {"cascade-pre": 60.0, "meunet-k150": 100.0, "meunet-k175": 300.0}},
-        "cascade-lowres": {"seconds": 90.0, "networks": {"cascade-lowres": 70.0, "cascade-lowres/lowres": 20.0}},
+        "cascade-lowres": {"seconds": 90.0, "networks": {"cascade-lowres": 70.0, "lowres": 20.0}},
     }  # fmt: skip
     assert sum(accuracy.network_seconds(results).values()) == 100 + 300 + 50 + 60 + 90
 
