@@ -102,36 +102,33 @@ def test_context_option_makes_the_context_phantom(
     assert json.loads((out / "demo.json").read_text())["phantom"]["context"] == 12.0
 
 
-def test_the_reports_accuracy_sentence_says_what_the_accuracy_table_says() -> None:
+def _says_what_the_table_says(table: str, claims: list[tuple[str, str, str]], pairs: int) -> None:
+    """Each claim's row in ``benchmarks/results/TABLE`` has the difference, interval and verdict
+    that :data:`meunet.demo.ACCURACY` gives it."""
     from meunet.demo import ACCURACY
 
-    table = (Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy.md").read_text()
-    for claim, said, verdict in [
-        ("meunet-k175 @E175 > unet @own", "+0.114, 95 % CI [+0.015, +0.283]", "holds"),
-        ("meunet-k150 @E150 > unet @own", "+0.042, [-0.064, +0.166]", "inconclusive"),
-    ]:
-        row = next(line for line in table.splitlines() if line.startswith(f"| {claim} |"))
+    text = (Path(__file__).resolve().parents[1] / "benchmarks/results" / table).read_text()
+    for claim, said, verdict in claims:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {claim} |"))
         mean, ci = said.replace("95 % CI ", "").split(", ", 1)
-        assert f"| {mean} | {ci} | 6 | {verdict} |" in row, (
-            f"accuracy.md says {row}: update meunet.demo.ACCURACY"
+        assert f"| {mean} | {ci} | {pairs} | {verdict} |" in row, (
+            f"{table} says {row}: update meunet.demo.ACCURACY"
         )
         assert said in ACCURACY
+
+
+def test_the_reports_accuracy_sentence_says_what_the_accuracy_table_says() -> None:
+    claims = [
+        ("meunet-k175 @E175 > unet @own", "+0.114, 95 % CI [+0.015, +0.283]", "holds"),
+        ("meunet-k150 @E150 > unet @own", "+0.042, [-0.064, +0.166]", "inconclusive"),
+    ]
+    _says_what_the_table_says("accuracy.md", claims, pairs=6)
 
 
 def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None:
-    from meunet.demo import ACCURACY
-
-    table = (
-        Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_cascade_cpu.md"
-    ).read_text()
-    for claim, said, verdict in [
+    claims = [
         ("cascade-post @own > meunet-k175 @E175", "+0.033, [+0.002, +0.095]", "holds"),
         ("cascade-post @own > cascade-pre @own", "+0.030, [-0.004, +0.090]", "inconclusive"),
         ("cascade-post @own > cascade-lowres @own", "+0.006, [-0.068, +0.111]", "inconclusive"),
-    ]:
-        row = next(line for line in table.splitlines() if line.startswith(f"| {claim} |"))
-        mean, ci = said.split(", ", 1)
-        assert f"| {mean} | {ci} | 4 | {verdict} |" in row, (
-            f"accuracy_cascade_cpu.md says {row}: update meunet.demo.ACCURACY"
-        )
-        assert said in ACCURACY
+    ]
+    _says_what_the_table_says("accuracy_cascade_cpu.md", claims, pairs=4)
