@@ -40,7 +40,9 @@ configuration) triples at once, each in its own process (cascades adopt their
 run's meU-nets as stage 1), and ``--deadline S`` stops training S - 30 seconds
 after the start and scores each network's best checkpoint so far (marked in
 the table; a rerun resumes them, and ``--resume-from`` keeps the finished
-networks of an earlier run whose work folder is gone).
+networks of an earlier run whose work folder is gone). ``--report-only`` trains
+nothing: it writes the report from what is cached and what ``--resume-from``
+holds, the safe way to preview or merge runs.
 
 Every trained network, prediction and score is cached in ``--work`` per
 (dataset, seed, configuration, window): rerunning the command resumes, and
@@ -570,9 +572,15 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     small = len(classes) - 1
     configs = [c for c in CONFIGS if any(c in r for r in runs.values())]
     lines = [f"## {kind}: {', '.join(runs)}", ""]
+    asked = [  # what the command asked for, and what any run has
+        c
+        for c in CONFIGS
+        if c in configs
+        or (c in meta.get("configs", ()) and (c != "unet-wide" or kind == "context"))
+    ]
     missing = [
         f"{c} ({sum(c not in r for r in runs.values())} of {len(runs)} runs)"
-        for c in configs
+        for c in asked
         if any(c not in r for r in runs.values())
     ]
     if missing:
@@ -911,7 +919,14 @@ def main(argv: list[str] | None = None) -> int:
         "on another machine with the same settings: its finished networks are kept, its "
         "missing and time-limited ones trained here (from the start)",
     )  # fmt: skip
+    p.add_argument(
+        "--report-only", action="store_true",
+        help="train, measure and predict nothing: write the report from what the work folder "
+        "and --resume-from hold, naming what is not yet run (safe for previews and merges)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.report_only and args.jobs > 1:
+        p.error("--report-only trains nothing, so --jobs has no meaning with it")
     t_start, wall_start = time.perf_counter(), time.time()
     size = dict(SIZES[args.sizes])
     if args.phantom_shape:
@@ -941,7 +956,8 @@ def main(argv: list[str] | None = None) -> int:
         key = work / f"memory-{len(spec.channels)}ch-{spec.num_classes}cl.json"
         plan = json.loads(key.read_text()) if key.is_file() else {"bytes": {}}
         # with --jobs each job measures what its configuration needs, while others train
-        if args.jobs <= 1 and not set(configs) <= set(plan.get("configs", ())):
+        measured = set(configs) <= set(plan.get("configs", ()))
+        if args.jobs <= 1 and not args.report_only and not measured:
             log(f"measuring training memory ({len(spec.channels)} channels)")
             key.parent.mkdir(parents=True, exist_ok=True)
             every = sorted(set(configs) | set(plan.get("configs", ())))
@@ -991,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "sizes": args.sizes, "command": command, "machine": machine,
         "torch": torch.__version__, "setup": setup, "classes": classes, "note": args.note,
+        "configs": configs,
     }  # fmt: skip
 
     def write() -> str:
@@ -1021,6 +1038,18 @@ def main(argv: list[str] | None = None) -> int:
             for config, entry in earlier["runs"].get(run.name, {}).items():
                 run.results.setdefault(config, entry)
         meta["setup"] = [*setup, f"- Resumed from: `{earlier['meta']['command']}`."]
+    if args.report_only:
+        for run in runs:
+            missing = [
+                c
+                for c in configs
+                if not run.ensure(c, cached_only=True)
+                and (c != "unet-wide" or run.name.startswith("context"))
+            ]
+            if missing:
+                log(f"{run.name}: not finished (not run or time-limited): {', '.join(missing)}")
+        print(write())
+        return 0
     deadline = wall_start + args.deadline if args.deadline > 0 else math.inf
     if args.jobs > 1:
         run_jobs(runs, configs, args, work, deadline, write)
