@@ -75,11 +75,11 @@ ACCURACY = (
     "benchmark (`benchmarks/accuracy.py`, `benchmarks/results/accuracy.md`) answers, with small networks "
     "(16-64 channels) on the context phantom over 3 seeds x 2 test cases: meU-net k = 1.75 beats the "
     "same-memory U-net on the cued class (hind-gut Dice +0.114, 95 % CI [+0.015, +0.283]); k = 1.5 is "
-    "inconclusive (+0.042, [-0.064, +0.166]). The cascades ran for two seeds on 2 CPU cores "
+    "inconclusive (+0.042, [-0.064, +0.166]). The cascades ran for three seeds on 2 CPU cores "
     "(`benchmarks/results/accuracy_cascade_cpu.md`): the post-concatenation cascade beats its stage-1 "
-    "meU-net k = 1.75, narrowly (hind-gut Dice +0.033, [+0.002, +0.095]); against the "
-    "pre-concatenation cascade (+0.030, [-0.004, +0.090]) and the low-resolution one (+0.006, "
-    "[-0.068, +0.111]) it is inconclusive. The classic phantom, "
+    "meU-net k = 1.75, narrowly (hind-gut Dice +0.023, [+0.002, +0.084]); against the "
+    "pre-concatenation cascade (+0.019, [-0.004, +0.079]) and the low-resolution one (+0.015, "
+    "[-0.071, +0.110]) it is inconclusive. The classic phantom, "
     "brats4 and the paper's sizes have not run under its protocol yet."
 )
 
