@@ -140,6 +140,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def applies(config: str, run_name: str) -> bool:
+    """Whether ``config`` is run on the dataset of ``run_name`` (the control is context-only)."""
+    return config != "unet-wide" or run_name.startswith("context")
+
+
 def expanded(base: TrainConfig, k: float) -> int:
     return dataclasses.replace(base, model="meunet", k=k).expanded
 
@@ -425,7 +430,7 @@ class Experiment:
                     shutil.rmtree(scored)
         if cached_only:
             return False
-        if config == "unet-wide" and not self.name.startswith("context"):
+        if not applies(config, self.name):
             return False
         if (
             config == "unet-P"
@@ -573,10 +578,7 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     configs = [c for c in CONFIGS if any(c in r for r in runs.values())]
     lines = [f"## {kind}: {', '.join(runs)}", ""]
     asked = [  # what the command asked for, and what any run has
-        c
-        for c in CONFIGS
-        if c in configs
-        or (c in meta.get("configs", ()) and (c != "unet-wide" or kind == "context"))
+        c for c in CONFIGS if c in configs or (c in meta.get("configs", ()) and applies(c, kind))
     ]
     missing = [
         f"{c} ({sum(c not in r for r in runs.values())} of {len(runs)} runs)"
@@ -770,7 +772,7 @@ def _jobs(
         for run in runs:
             if run.ensure(config, cached_only=True):
                 continue
-            if config == "unet-wide" and not run.name.startswith("context"):
+            if not applies(config, run.name):
                 continue
             if config == "unet-P" and run.plan.get("unet_patch") == run.base.patch:
                 continue  # the same-memory U-net is the U-net at P: copied once `unet` is in
@@ -1041,10 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         for run in runs:
             missing = [
-                c
-                for c in configs
-                if not run.ensure(c, cached_only=True)
-                and (c != "unet-wide" or run.name.startswith("context"))
+                c for c in configs if applies(c, run.name) and not run.ensure(c, cached_only=True)
             ]
             if missing:
                 log(f"{run.name}: not finished (not run or time-limited): {', '.join(missing)}")
