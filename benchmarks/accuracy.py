@@ -233,6 +233,40 @@ def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, int, Dataset
 # ----------------------------------------------------------------------------- memory
 
 
+def claim_work(work: Path, base: TrainConfig, size: dict[str, Any]) -> None:
+    """Stamp ``work`` with the settings its networks train with; refuse other settings.
+
+    Cached networks are found by run and configuration alone, so a work folder reused with
+    other ``--sizes``, ``--set`` or ``--context`` would report networks trained otherwise under
+    the new settings' heading. Device and loader workers change no network and are left out.
+    """
+    train = {k: v for k, v in base.to_dict().items() if k not in ("device", "workers", "seed")}
+    stamp = json.loads(json.dumps({
+        "train": train,
+        **{k: size[k] for k in ("phantom_shape", "context", "cases", "wide_patch", "brats_factor")
+           if k in size},
+    }))  # fmt: skip
+    path = work / "settings.json"
+    if path.is_file():
+        made = json.loads(path.read_text())
+        differ = sorted(
+            f"{k}={made['train'].get(k)!r} there, {v!r} now"
+            for k, v in stamp["train"].items() if made["train"].get(k) != v
+        ) + sorted(
+            f"{k}={made.get(k)!r} there, {v!r} now"
+            for k, v in stamp.items() if k != "train" and made.get(k) != v
+        )  # fmt: skip
+        if differ:
+            sys.exit(
+                f"{work} holds networks trained with other settings ({'; '.join(differ)}): "
+                "pass another --work, or the --sizes/--set/--context they were made with"
+            )
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(stamp, indent=1))
+
+
 def memory_plan(
     base: TrainConfig, in_ch: int, classes: int, wide: int, configs: Iterable[str]
 ) -> dict[str, Any]:
@@ -944,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or ROOT / "runs" / f"accuracy-{args.sizes}")
     prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "small" else "accuracy_gpu"))
 
+    claim_work(work, base, size)
     specs: list[tuple[str, int, DatasetSpec]] = []
     seeds = args.seeds or size["seeds"]
     if "context" in datasets:

@@ -148,3 +148,19 @@ def test_report_only_trains_nothing_and_names_what_is_not_run(
     assert not list(work.glob("memory-*.json"))  # not even the memory measured
     assert "context-seed0: not finished (not run or time-limited): unet" in capsys.readouterr().err
     assert "Not yet run: unet (1 of 1 runs)" in out.with_suffix(".md").read_text()
+
+
+def test_a_work_folder_refuses_networks_trained_with_other_settings(
+    accuracy: Any, tmp_path: Path
+) -> None:
+    size = dict(accuracy.SIZES["small"])
+    base = size["train"]
+    accuracy.claim_work(tmp_path, base, size)
+    accuracy.claim_work(tmp_path, base, size)  # the same settings: its cache is used
+    moved = accuracy.override(base, ["device=cuda", "workers=2"])
+    accuracy.claim_work(tmp_path, moved, size)  # where it trains changes no network
+    longer = accuracy.override(base, ["epochs=300"])
+    with pytest.raises(SystemExit, match=r"epochs=150 there, 300 now.*another --work"):
+        accuracy.claim_work(tmp_path, longer, size)
+    with pytest.raises(SystemExit, match=r"context=22.0 there, 30.0 now"):
+        accuracy.claim_work(tmp_path, base, {**size, "context": 30.0})
