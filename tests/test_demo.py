@@ -132,3 +132,8 @@ def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None
         ("cascade-post @own > cascade-lowres @own", "+0.015, [-0.071, +0.110]", "inconclusive"),
     ]
     _says_what_the_table_says("accuracy_cascade_cpu.md", claims, pairs=6)
+
+
+def test_the_reports_paper_sizes_sentence_says_what_the_gpu_table_says() -> None:
+    claims = [("meunet-k150 @E150 > unet-P @own", "+0.042, 95 % CI [+0.014, +0.077]", "holds")]
+    _says_what_the_table_says("accuracy_gpu.md", claims, pairs=6)

@@ -79,8 +79,10 @@ ACCURACY = (
     "(`benchmarks/results/accuracy_cascade_cpu.md`): the post-concatenation cascade beats its stage-1 "
     "meU-net k = 1.75, narrowly (hind-gut Dice +0.023, [+0.002, +0.084]); against the "
     "pre-concatenation cascade (+0.019, [-0.004, +0.079]) and the low-resolution one (+0.015, "
-    "[-0.071, +0.110]) it is inconclusive. The classic phantom, "
-    "brats4 and the paper's sizes have not run under its protocol yet."
+    "[-0.071, +0.110]) it is inconclusive. At the paper's sizes on one H200 "
+    "(`benchmarks/results/accuracy_gpu.md`, 3 seeds), meU-net k = 1.5 beats the U-net at P "
+    "(hind-gut Dice +0.042, 95 % CI [+0.014, +0.077]), but the learnability control stays below "
+    "0.7 there. The classic phantom and brats4 have not run under its protocol yet."
 )
 
 
