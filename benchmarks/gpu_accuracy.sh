@@ -25,7 +25,7 @@ OUT="${OUT:-/tmp/meunet-out}"
 LIMIT="${LIMIT:-540}"
 mkdir -p "$OUT"
 if compgen -G ".wheels/*.whl" > /dev/null; then
-  python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*.whl
+  python3 -m pip install --quiet --upgrade --no-deps --no-index --target /tmp/site .wheels/*.whl
 fi
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
@@ -35,8 +35,17 @@ else
   args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20))
         --out "$OUT/accuracy")
 fi
+# the caller's --out and --work replace the defaults, so the report's command line names each once
+work=/tmp/acc given=("$@")
+for i in "${!given[@]}"; do
+  case "${given[$i]}" in
+    --work) work="${given[$((i + 1))]:-$work}" ;;
+    --out) if [ "${args[-2]}" = --out ]; then args=("${args[@]:0:${#args[@]}-2}"); fi ;;
+  esac
+done
+if [[ " $* " != *" --work "* ]]; then args+=(--work "$work"); fi
 status=0
-timeout "$LIMIT" python3 benchmarks/accuracy.py "${args[@]}" --work /tmp/acc "$@" 2>&1 \
+timeout "$LIMIT" python3 benchmarks/accuracy.py "${args[@]}" "$@" 2>&1 \
   | tee "$OUT/accuracy.log" | tail -60 || status=$?
-(cd /tmp/acc && find . -name log.txt -o -name log.csv | tar czf "$OUT/accuracy_jobs.tgz" -T -) || true
+(cd "$work" && find . -name log.txt -o -name log.csv | tar czf "$OUT/accuracy_jobs.tgz" -T -) || true
 exit "$status"

@@ -23,7 +23,7 @@ set -euo pipefail
 OUT="${OUT:-/tmp/meunet-out}"
 mkdir -p "$OUT"
 if compgen -G ".wheels/*.whl" > /dev/null; then
-  python3 -m pip install --quiet --no-deps --no-index --target /tmp/site .wheels/*.whl
+  python3 -m pip install --quiet --upgrade --no-deps --no-index --target /tmp/site .wheels/*.whl
 fi
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 - <<'PY'
