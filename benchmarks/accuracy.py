@@ -233,6 +233,11 @@ def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, int, Dataset
 # ----------------------------------------------------------------------------- memory
 
 
+def _threads(n: int) -> str:
+    """The torch threads of this invocation (a --report-only merge's, not its trainings')."""
+    return f"{n} torch thread{'s' if n != 1 else ''} in this invocation"
+
+
 def claim_work(work: Path, base: TrainConfig, size: dict[str, Any]) -> None:
     """Stamp ``work`` with the settings its networks train with; refuse other settings.
 
@@ -1034,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = (
         torch.cuda.get_device_name()
         if base.device.startswith("cuda")
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        else f"{platform.processor() or platform.machine()}, {_threads(torch.get_num_threads())}"
     )
     given = list(argv if argv is not None else sys.argv[1:])
     if "--note" in given:  # the note is printed under the title, not in the command

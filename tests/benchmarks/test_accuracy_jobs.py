@@ -164,3 +164,8 @@ def test_a_work_folder_refuses_networks_trained_with_other_settings(
         accuracy.claim_work(tmp_path, longer, size)
     with pytest.raises(SystemExit, match=r"context=22.0 there, 30.0 now"):
         accuracy.claim_work(tmp_path, base, {**size, "context": 30.0})
+
+
+def test_the_machine_line_counts_this_invocations_threads_in_good_grammar(accuracy: Any) -> None:
+    assert accuracy._threads(1) == "1 torch thread in this invocation"
+    assert accuracy._threads(2) == "2 torch threads in this invocation"
