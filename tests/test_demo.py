@@ -137,3 +137,8 @@ def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None
 def test_the_reports_paper_sizes_sentence_says_what_the_gpu_table_says() -> None:
     claims = [("meunet-k150 @E150 > unet-P @own", "+0.042, 95 % CI [+0.014, +0.077]", "holds")]
     _says_what_the_table_says("accuracy_gpu.md", claims, pairs=6)
+
+
+def test_the_reports_classic_phantom_sentence_says_what_its_table_says() -> None:
+    claims = [("meunet-k175 @E175 > unet @own", "-0.133, 95 % CI [-0.295, -0.013]", "fails")]
+    _says_what_the_table_says("accuracy_phantom_cpu.md", claims, pairs=6)

@@ -82,7 +82,9 @@ ACCURACY = (
     "[-0.071, +0.110]) it is inconclusive. At the paper's sizes on one H200 "
     "(`benchmarks/results/accuracy_gpu.md`, 3 seeds), meU-net k = 1.5 beats the U-net at P "
     "(hind-gut Dice +0.042, 95 % CI [+0.014, +0.077]), but the learnability control stays below "
-    "0.7 there. The classic phantom and brats4 have not run under its protocol yet."
+    "0.7 there. On the classic phantom, whose cue often lies beyond any window, meU-net k = 1.75 "
+    "loses to the same-memory U-net (hind-gut Dice -0.133, 95 % CI [-0.295, -0.013], 3 seeds on 2 CPU "
+    "cores). brats4 has not finished under its protocol yet."
 )
 
 
