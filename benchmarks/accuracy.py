@@ -245,22 +245,17 @@ def claim_work(work: Path, base: TrainConfig, size: dict[str, Any]) -> None:
     other ``--sizes``, ``--set`` or ``--context`` would report networks trained otherwise under
     the new settings' heading. Device and loader workers change no network and are left out.
     """
-    train = {k: v for k, v in base.to_dict().items() if k not in ("device", "workers", "seed")}
+    kept = ("phantom_shape", "context", "cases", "wide_patch", "brats_factor")
     stamp = json.loads(json.dumps({
-        "train": train,
-        **{k: size[k] for k in ("phantom_shape", "context", "cases", "wide_patch", "brats_factor")
-           if k in size},
+        **{k: v for k, v in base.to_dict().items() if k not in ("device", "workers", "seed")},
+        **{k: size[k] for k in kept if k in size},
     }))  # fmt: skip
     path = work / "settings.json"
     if path.is_file():
         made = json.loads(path.read_text())
         differ = sorted(
-            f"{k}={made['train'].get(k)!r} there, {v!r} now"
-            for k, v in stamp["train"].items() if made["train"].get(k) != v
-        ) + sorted(
-            f"{k}={made.get(k)!r} there, {v!r} now"
-            for k, v in stamp.items() if k != "train" and made.get(k) != v
-        )  # fmt: skip
+            f"{k}={made.get(k)!r} there, {v!r} now" for k, v in stamp.items() if made.get(k) != v
+        )
         if differ:
             sys.exit(
                 f"{work} holds networks trained with other settings ({'; '.join(differ)}): "

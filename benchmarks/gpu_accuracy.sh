@@ -30,19 +30,17 @@ fi
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, zarr; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name(), 'zarr', zarr.__version__)"
 if [ "${SIZES:-small}" = paper ]; then
-  args=(--sizes paper --deadline $((LIMIT - 20)) --out "$OUT/accuracy_gpu")
+  args=(--sizes paper --deadline $((LIMIT - 20))) out=accuracy_gpu
 else
-  args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20))
-        --out "$OUT/accuracy")
+  args=(--datasets context --set device=cuda --jobs "${JOBS:-15}" --deadline $((LIMIT - 20)))
+  out=accuracy
 fi
 # the caller's --out and --work replace the defaults, so the report's command line names each once
 work=/tmp/acc given=("$@")
 for i in "${!given[@]}"; do
-  case "${given[$i]}" in
-    --work) work="${given[$((i + 1))]:-$work}" ;;
-    --out) if [ "${args[-2]}" = --out ]; then args=("${args[@]:0:${#args[@]}-2}"); fi ;;
-  esac
+  if [ "${given[$i]}" = --work ]; then work="${given[$((i + 1))]:-$work}"; fi
 done
+if [[ " $* " != *" --out "* ]]; then args+=(--out "$OUT/$out"); fi
 if [[ " $* " != *" --work "* ]]; then args+=(--work "$work"); fi
 status=0
 timeout "$LIMIT" python3 benchmarks/accuracy.py "${args[@]}" "$@" 2>&1 \
