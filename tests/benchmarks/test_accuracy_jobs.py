@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +170,47 @@ def test_a_work_folder_refuses_networks_trained_with_other_settings(
 def test_the_machine_line_counts_this_invocations_threads_in_good_grammar(accuracy: Any) -> None:
     assert accuracy._threads(1) == "1 torch thread in this invocation"
     assert accuracy._threads(2) == "2 torch threads in this invocation"
+
+
+@pytest.mark.parametrize("context", [0.0, 14.0])
+def test_the_no_context_reference_labels_every_thin_tube_and_only_those(
+    accuracy: Any, context: float
+) -> None:
+    from meunet.data.phantom import PhantomConfig, phantom_geometry, render_case, tube_map
+
+    cfg = PhantomConfig(shape=(64, 64, 64), context_distance=context)
+    got = accuracy.no_context_case(cfg, 2, 0)
+    _, label = render_case(cfg, 2, 0)
+    ids = tube_map(cfg, 2, 0)
+    g = phantom_geometry(cfg, 2, 0)  # a case with thin tubes of both classes
+    # thin tubes: the hind-gut (2) and the thin look-alikes; never the mid-gut (1)
+    thin = (
+        g.context_ids
+        if context
+        else [t.tube_id for t in g.tubes if t.tube_id != 1 and t.radius < g.tubes[0].radius / 2]
+    )
+    assert 2 in thin and 1 not in thin
+    pred, true = np.isin(ids, thin), label == 2
+    assert got["voxels_pred"][2] == pred.sum() > true.sum() == got["voxels_true"][2] > 0
+    assert not (true & ~pred).any()  # every hind-gut voxel is a thin-tube voxel: recall 1
+    assert got["dice"][2] == pytest.approx(2 * true.sum() / (pred.sum() + true.sum()))
+
+
+def test_the_control_is_learnt_only_above_the_no_context_reference(accuracy: Any) -> None:
+    meta = {"classes": {"context": ["background", "mid-gut", "hind-gut"]}}
+
+    def runs(control: list[float]) -> dict[str, Any]:
+        reference = _scored([0.70, 0.74])
+        reference["windows"] = {"own": reference["windows"]["own"]}
+        return {f"context-seed{s}": {"unet-wide": _scored(control), accuracy.NO_CONTEXT: reference}
+                for s in range(3)}  # fmt: skip
+
+    lines = accuracy.dataset_section("context", runs([0.71, 0.73]), meta)  # >= 0.7, not above
+    text = "\n".join(lines)
+    assert f"| unet-wide @own > {accuracy.NO_CONTEXT} @own |" in text
+    assert "NOT shown learnable" in text and "(>= 0.7; against" in text
+    lines = accuracy.dataset_section("context", runs([0.80, 0.86]), meta)
+    text = "\n".join(lines)
+    assert "the task is learnable at these sizes" in text and "NOT" not in text
+    row = next(line for line in lines if line.startswith(f"| {accuracy.NO_CONTEXT}: every thin"))
+    assert "| 0.720 +- 0.020 |" in row
