@@ -121,6 +121,7 @@ def test_the_reports_accuracy_sentence_says_what_the_accuracy_table_says() -> No
     claims = [
         ("meunet-k175 @E175 > unet @own", "+0.114, 95 % CI [+0.015, +0.283]", "holds"),
         ("meunet-k150 @E150 > unet @own", "+0.042, [-0.064, +0.166]", "inconclusive"),
+        ("meunet-k175 @own > thin-tubes @own", "+0.016, [-0.071, +0.151]", "inconclusive"),
     ]
     _says_what_the_table_says("accuracy.md", claims, pairs=6)
 
@@ -135,7 +136,10 @@ def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None
 
 
 def test_the_reports_paper_sizes_sentence_says_what_the_gpu_table_says() -> None:
-    claims = [("meunet-k150 @E150 > unet-P @own", "+0.042, 95 % CI [+0.014, +0.077]", "holds")]
+    claims = [
+        ("meunet-k150 @E150 > unet-P @own", "+0.042, 95 % CI [+0.014, +0.077]", "holds"),
+        ("meunet-k150 @own > thin-tubes @own", "-0.063, [-0.076, -0.053]", "fails"),
+    ]
     _says_what_the_table_says("accuracy_gpu.md", claims, pairs=6)
 
 
