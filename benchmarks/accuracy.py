@@ -26,6 +26,11 @@ This benchmark answers it under one protocol:
   network is compared with it, paired; one that does not beat it has not shown
   that it uses the context, and the control counts as having learnt the task
   only when it beats it.
+- **Does it read the cue?** Dice mixes reading the cue with drawing tube
+  boundaries. The cue accuracy does not: the balanced accuracy of the
+  hind-gut call on the true thin-tube voxels, which every labelling that
+  ignores the context scores 0.5 and one that reads the cue everywhere 1. It
+  is measured from each network's predictions at its own window, against 0.5.
 - **Datasets.** ``context``: the phantom whose thin tubes are hind-gut within
   D voxels of a bright marker and background within D of a dark one, with
   P/2 < D < E/2 (a window of P centred on a voxel cannot see the cue, one of E
@@ -80,6 +85,7 @@ import numpy as np
 import torch
 
 import meunet
+from meunet.data.io import open_volume
 from meunet.data.io.atomic import atomic_path
 from meunet.data.phantom import (
     PhantomConfig,
@@ -237,6 +243,31 @@ def phantom_runs(
     return runs
 
 
+def thin_tubes(cfg: PhantomConfig, seed: int, case: int) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom case's thin-tube voxels (the hind-gut and its look-alikes) and its label."""
+    _, label = render_case(cfg, seed, case)
+    r1, r2 = cfg.radii
+    g = phantom_geometry(cfg, seed, case)
+    ids = [t.tube_id for t in g.tubes if t.radius < (r1 + r2) / 2]
+    return np.isin(tube_map(cfg, seed, case), ids), label
+
+
+def cue_accuracy(prediction: np.ndarray, thin: np.ndarray, label: np.ndarray) -> float:
+    """Balanced accuracy of the hind-gut call on thin-tube voxels: does a network use the cue?
+
+    The mean of two shares: the hind-gut's thin-tube voxels predicted hind-gut, and the
+    look-alikes' predicted anything else. Every labelling that ignores the context (all
+    thin tubes hind-gut, none, or any guess) scores 0.5 in expectation; one that reads the
+    cue right everywhere scores 1, however its tube boundaries come out (only voxels
+    inside the true tubes count). NaN for a case without both kinds of thin tube.
+    """
+    hind, alike = thin & (label == 2), thin & (label != 2)
+    if not hind.any() or not alike.any():
+        return math.nan
+    said = np.asarray(prediction) == 2
+    return float(0.5 * (said[hind].mean() + (~said[alike]).mean()))
+
+
 def no_context_case(cfg: PhantomConfig, seed: int, case: int) -> dict[str, Any]:
     """Scores of labelling every thin tube hind-gut in one phantom case (no network).
 
@@ -246,12 +277,7 @@ def no_context_case(cfg: PhantomConfig, seed: int, case: int) -> dict[str, Any]:
     scores: recall 1, precision the hind-gut's share of thin-tube voxels. A network that
     uses the context must beat it.
     """
-    _, label = render_case(cfg, seed, case)
-    r1, r2 = cfg.radii
-    thin_ids = [
-        t.tube_id for t in phantom_geometry(cfg, seed, case).tubes if t.radius < (r1 + r2) / 2
-    ]
-    thin = np.isin(tube_map(cfg, seed, case), thin_ids)
+    thin, label = thin_tubes(cfg, seed, case)
     true = label == 2
     pred, want = int(thin.sum()), int(true.sum())
     dice = 2 * int((thin & true).sum()) / (pred + want) if pred + want else math.nan
@@ -260,17 +286,17 @@ def no_context_case(cfg: PhantomConfig, seed: int, case: int) -> dict[str, Any]:
             "voxels_pred": [0, 0, pred], "voxels_true": [0, 0, want]}  # fmt: skip
 
 
-def add_no_context(runs: list[Experiment], size: dict[str, Any]) -> None:
+def _index(case_id: str) -> int:
+    """A phantom case's index from its name (``case_013`` -> 13)."""
+    return int(case_id.rsplit("_", 1)[1])
+
+
+def add_no_context(runs: list[Experiment]) -> None:
     """Give each phantom run its :data:`NO_CONTEXT` reference (see :func:`no_context_case`)."""
     for run in runs:
-        kind = run.name.split("-")[0]
-        if kind not in ("context", "phantom") or NO_CONTEXT in run.results:
+        if run.phantom is None or NO_CONTEXT in run.results:
             continue
-        context = size["context"] if kind == "context" else 0.0
-        cfg = PhantomConfig(shape=tuple(size["phantom_shape"]), context_distance=context)
-        cases = {
-            cid: no_context_case(cfg, run.base.seed, int(cid.rsplit("_", 1)[1])) for cid in run.test
-        }
+        cases = {cid: no_context_case(run.phantom, run.base.seed, _index(cid)) for cid in run.test}
         run.results[NO_CONTEXT] = {"windows": {"own": {"window": 0, "cases": cases}}}
 
 
@@ -418,15 +444,45 @@ class Experiment:
 
     def __init__(
         self, name: str, seed: int, spec: DatasetSpec, work: Path, base: TrainConfig,
-        plan: dict[str, Any], wide: int,
+        plan: dict[str, Any], wide: int, phantom: PhantomConfig | None = None,
     ) -> None:  # fmt: skip
         self.name, self.spec, self.work, self.plan, self.wide = name, spec, work, plan, wide
+        self.phantom = phantom  # how its cases were rendered; None for real data
         self.base = dataclasses.replace(base, seed=seed)
         self.test = list(spec.split["test"])
         self.store = work / "scores.json"
         self.results: dict[str, Any] = (
             json.loads(self.store.read_text()) if self.store.is_file() else {}
         )
+        self._thin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def cue(self, config: str, window: int, cid: str) -> float | None:
+        """:func:`cue_accuracy` of one network's prediction of one test case, cached in its
+        ``.scored`` file; None where it cannot be had (real data, or no prediction on disk:
+        a network kept from another machine's results)."""
+        target = self.work / "test" / f"{config}-w{window}" / f"{cid}.zarr"
+        scored = target.parent / f"{cid}.scored"
+        if self.phantom is None or not scored.is_file():
+            return None
+        cached = json.loads(scored.read_text())
+        if "cue" not in cached:
+            if not target.exists():
+                return None
+            if cid not in self._thin:
+                self._thin[cid] = thin_tubes(self.phantom, self.base.seed, _index(cid))
+            cached["cue"] = cue_accuracy(open_volume(target)[:, :, :], *self._thin[cid])
+            scored.write_text(json.dumps(cached))
+        return cached["cue"]
+
+    def add_cue(self) -> None:
+        """Put :meth:`cue` into each scored network's own-window cases that lack it."""
+        for config, entry in self.results.items():
+            if config == NO_CONTEXT or "same_as" in entry:
+                continue
+            own = entry["windows"]["own"]
+            for cid, case in own["cases"].items():
+                if "cue" not in case and (cue := self.cue(config, own["window"], cid)) is not None:
+                    case["cue"] = cue
 
     def save(self) -> None:
         with atomic_path(self.store) as tmp:
@@ -500,6 +556,8 @@ class Experiment:
                         "voxels_true": [c.voxels_true for c in s],
                     }))  # fmt: skip
                 per_case[cid] = json.loads((target.parent / f"{cid}.scored").read_text())
+                if key == "own" and (cue := self.cue(config, window, cid)) is not None:
+                    per_case[cid]["cue"] = cue
             out[key] = {"window": window, "cases": per_case}
         return out
 
@@ -753,8 +811,45 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     if control:
         lines += ["", learnability(float(np.nanmean(control)), len(control), classes[small],
                                    judged.get(f"unet-wide @own > {NO_CONTEXT} @own"))]  # fmt: skip
+    lines += cue_table(runs, configs, classes[small])
     lines += ["", *precision_recall(runs, [*configs, NO_CONTEXT], classes[small], small)]
     return [*lines, ""]
+
+
+def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
+    """Does each network read the cue? :func:`cue_accuracy` over the test cases, against 0.5."""
+    rows = []
+    for cfg in configs:
+        cues = [
+            (run, c["cue"])
+            for run, r in runs.items()
+            if cfg in r and "same_as" not in r[cfg]
+            for c in r[cfg]["windows"]["own"]["cases"].values()
+            if np.isfinite(c.get("cue", math.nan))
+        ]
+        if len(cues) < 2:
+            continue
+        diffs = [(run, cue - 0.5) for run, cue in cues]
+        lo, hi = bootstrap_ci(diffs)
+        mean = float(np.mean([d for _, d in diffs]))
+        rows.append(
+            f"| {cfg} | {mean + 0.5:.3f} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Does each network read the cue? Balanced accuracy of its {name} call on the thin-tube "
+        f"voxels (the mean of the {name}'s share called {name} and the look-alikes' share called "
+        "anything else) at its own window: every labelling that ignores the context scores 0.5, "
+        "one that reads the cue everywhere 1, whatever its tube boundaries. Cases with only one "
+        "kind of thin tube are left out; networks whose predictions are not on disk (kept from "
+        "another machine's results) are not listed.",
+        "",
+        "| network | cue accuracy | minus 0.5 | 95 % CI | cases | verdict |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def learnability(mean: float, cases: int, name: str, against: str | None) -> str:
@@ -1102,7 +1197,14 @@ def main(argv: list[str] | None = None) -> int:
                 base, len(spec.channels), spec.num_classes, size["wide_patch"], every
             )
             key.write_text(json.dumps({**plan, "configs": every}))
-        runs.append(Experiment(name, seed, spec, work / name, base, plan, size["wide_patch"]))
+        kind = name.split("-")[0]
+        phantom = None
+        if kind in ("context", "phantom"):  # as phantom_runs made them
+            context = size["context"] if kind == "context" else 0.0
+            phantom = PhantomConfig(shape=tuple(size["phantom_shape"]), context_distance=context)
+        runs.append(
+            Experiment(name, seed, spec, work / name, base, plan, size["wide_patch"], phantom)
+        )
         classes[name.split("-")[0]] = list(spec.classes)
 
     setup = [
@@ -1185,7 +1287,9 @@ def main(argv: list[str] | None = None) -> int:
             at = next(i for i, x in enumerate(meta["setup"]) if x.startswith("- Confidence"))
             meta["setup"].insert(at, NO_CONTEXT_LINE)
     if not args.no_reference:  # the parent's report has it; a job's scores need not
-        add_no_context(runs, size)
+        add_no_context(runs)
+    for run in runs:  # networks scored before the cue was measured
+        run.add_cue()
     if args.report_only:
         for run in runs:
             missing = [

@@ -214,3 +214,59 @@ def test_the_control_is_learnt_only_above_the_no_context_reference(accuracy: Any
     assert "the task is learnable at these sizes" in text and "NOT" not in text
     row = next(line for line in lines if line.startswith(f"| {accuracy.NO_CONTEXT}: every thin"))
     assert "| 0.720 +- 0.020 |" in row
+
+
+def test_cue_accuracy_is_half_for_any_labelling_that_ignores_the_context(accuracy: Any) -> None:
+    label = np.zeros((1, 1, 8), np.uint8)
+    label[0, 0, :3] = 2  # hind-gut: 3 voxels of thin tube
+    thin = np.zeros(label.shape, bool)
+    thin[0, 0, :7] = True  # and 4 look-alike voxels; the last voxel is no tube
+    every_thin = np.where(thin, 2, 0)
+    assert accuracy.cue_accuracy(every_thin, thin, label) == 0.5
+    assert accuracy.cue_accuracy(np.zeros_like(label), thin, label) == 0.5
+    assert accuracy.cue_accuracy(label, thin, label) == 1.0
+    assert accuracy.cue_accuracy(np.where(thin & (label != 2), 2, 0), thin, label) == 0.0
+    # boundaries do not count: hind-gut spilling beyond the tubes leaves it at 1
+    assert accuracy.cue_accuracy(np.where(~thin | (label == 2), 2, 0), thin, label) == 1.0
+    assert np.isnan(accuracy.cue_accuracy(label, thin & (label == 2), label))  # no look-alike
+
+
+def test_the_cue_table_gives_a_verdict_against_half(accuracy: Any) -> None:
+    def scored(cues: list[float]) -> dict[str, Any]:
+        entry = _scored([0.8] * len(cues))
+        for case, cue in zip(entry["windows"]["own"]["cases"].values(), cues, strict=True):
+            case["cue"] = cue
+        return entry
+
+    runs = {f"context-seed{s}": {"meunet-k175": scored([0.9, 0.8]), "unet": scored([0.45, 0.4])}
+            for s in range(3)}  # fmt: skip
+    lines = accuracy.cue_table(runs, ["unet", "meunet-k175"], "hind-gut")
+    assert any(
+        line.startswith("| meunet-k175 | 0.850 | +0.350 |") and line.endswith("| 6 | holds |")
+        for line in lines
+    )
+    assert any(
+        line.startswith("| unet | 0.425 |") and line.endswith("| 6 | fails |") for line in lines
+    )
+
+
+def test_networks_scored_before_the_cue_get_it_from_their_predictions_on_disk(
+    accuracy: Any, tmp_path: Path
+) -> None:
+    from meunet.data.io import write_volume
+    from meunet.data.phantom import PhantomConfig, render_case
+
+    phantom = PhantomConfig(shape=(64, 64, 64), context_distance=14.0)
+    _, label = render_case(phantom, 2, 0)  # a case with thin tubes of both kinds
+    spec = SimpleNamespace(split={"test": ["case_000"]})
+    base = accuracy.SIZES["small"]["train"]
+    run = accuracy.Experiment("context-seed2", 2, spec, tmp_path, base, {}, 48, phantom)
+    folder = tmp_path / "test" / "unet-w32"
+    folder.mkdir(parents=True)
+    (folder / "case_000.scored").write_text(json.dumps({"dice": [1, 1, 1]}))
+    write_volume(folder / "case_000.zarr", label)  # a network that reads the cue perfectly
+    run.results = {"unet": _scored([1.0]), "unet-P": {"same_as": "unet"}}
+    run.results["unet"]["windows"]["own"]["cases"] = {"case_000": {"dice": [1, 1, 1]}}
+    run.add_cue()
+    assert run.results["unet"]["windows"]["own"]["cases"]["case_000"]["cue"] == 1.0
+    assert json.loads((folder / "case_000.scored").read_text())["cue"] == 1.0  # cached
