@@ -1292,6 +1292,9 @@ def main(argv: list[str] | None = None) -> int:
         run.add_cue()
     if args.report_only:
         for run in runs:
+            if "unet-P" in configs and "unet-P" not in run.results and "unet" in run.results:
+                if run.plan.get("unet_patch") == run.base.patch:  # as `ensure` would record it
+                    run.results["unet-P"] = {**run.results["unet"], "same_as": "unet"}
             missing = [
                 c for c in configs if applies(c, run.name) and not run.ensure(c, cached_only=True)
             ]

@@ -270,3 +270,23 @@ def test_networks_scored_before_the_cue_get_it_from_their_predictions_on_disk(
     run.add_cue()
     assert run.results["unet"]["windows"]["own"]["cases"]["case_000"]["cue"] == 1.0
     assert json.loads((folder / "case_000.scored").read_text())["cue"] == 1.0  # cached
+
+
+def test_report_only_names_unet_p_the_unet_where_the_plan_makes_them_one(
+    accuracy: Any, tmp_path: Path
+) -> None:
+    earlier = json.loads((ROOT / "benchmarks/results/accuracy_cascade_cpu.json").read_text())
+    runs = earlier["runs"]
+    runs["context-seed0"] = {"unet": runs["context-seed0"]["meunet-k175"]}  # stands in for a U-net
+    del runs["context-seed1"], runs["context-seed2"]
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    work, out = tmp_path / "work", tmp_path / "report"
+    work.mkdir()
+    (work / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": 32, "bytes": {}}))
+    argv = ["--datasets", "context", "--seeds", "0", "--phantom-shape", "64", "64", "64"]
+    argv += ["--configs", "unet", "unet-P", "--work", str(work), "--out", str(out)]
+    argv += ["--resume-from", str(tmp_path / "earlier.json"), "--report-only"]
+    assert accuracy.main(argv) == 0
+    written = json.loads(out.with_suffix(".json").read_text())["runs"]["context-seed0"]
+    assert written["unet-P"]["same_as"] == "unet"
+    assert "| unet-P | same as unet (its patch is P) |" in out.with_suffix(".md").read_text()
