@@ -158,6 +158,11 @@ NO_CONTEXT_LINE = (
     "scores: a network that uses the context must beat it, and the control counts as having "
     f"learnt the task only when it does (and reaches {LEARNABLE})."
 )
+# (better, worse): the main claims again, on the cue accuracy, each network at its own window
+CUE_CLAIMS = [
+    ("meunet-k175", "unet"), ("meunet-k150", "unet-P"), ("cascade-post", "meunet-k175"),
+    ("unet-wide", "unet"),
+]  # fmt: skip
 MIN_RUNS = 2  # independent trainings (seeds or folds) a verdict needs
 SCORING = 30  # seconds a job keeps after its training time limit to score its best checkpoint
 
@@ -816,6 +821,12 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     return [*lines, ""]
 
 
+def _own_cases(run: dict[str, Any], config: str) -> dict[str, Any]:
+    """A network's test cases at its own window (through ``same_as`` to the network it is)."""
+    entry = run[config]
+    return run[entry.get("same_as", config)]["windows"]["own"]["cases"]
+
+
 def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
     """Does each network read the cue? :func:`cue_accuracy` over the test cases, against 0.5."""
     rows = []
@@ -835,6 +846,32 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
         rows.append(
             f"| {cfg} | {mean + 0.5:.3f} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
         )
+    pairs = []
+    for a, b in CUE_CLAIMS:
+        diffs = [
+            (run, ca["cue"] - cb["cue"])
+            for run, r in runs.items()
+            if a in r and b in r
+            for cid, ca in _own_cases(r, a).items()
+            if (cb := _own_cases(r, b).get(cid, {}))
+            and np.isfinite(ca.get("cue", math.nan))
+            and np.isfinite(cb.get("cue", math.nan))
+        ]
+        if len(diffs) >= 2:
+            lo, hi = bootstrap_ci(diffs)
+            mean = float(np.mean([d for _, d in diffs]))
+            pairs.append(
+                f"| {a} > {b} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
+            )
+    if pairs:
+        pairs = [
+            "",
+            "The cue accuracy, paired (each at its own window):",
+            "",
+            "| claim | mean difference | 95 % CI | cases | verdict |",
+            "|---|---|---|---|---|",
+            *pairs,
+        ]
     if not rows:
         return []
     return [
@@ -849,6 +886,7 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
         "| network | cue accuracy | minus 0.5 | 95 % CI | cases | verdict |",
         "|---|---|---|---|---|---|",
         *rows,
+        *pairs,
     ]
 
 

@@ -248,6 +248,8 @@ def test_the_cue_table_gives_a_verdict_against_half(accuracy: Any) -> None:
     assert any(
         line.startswith("| unet | 0.425 |") and line.endswith("| 6 | fails |") for line in lines
     )
+    paired = next(line for line in lines if line.startswith("| meunet-k175 > unet |"))
+    assert paired.startswith("| meunet-k175 > unet | +0.425 |") and paired.endswith("| 6 | holds |")
 
 
 def test_networks_scored_before_the_cue_get_it_from_their_predictions_on_disk(
