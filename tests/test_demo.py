@@ -144,5 +144,8 @@ def test_the_reports_paper_sizes_sentence_says_what_the_gpu_table_says() -> None
 
 
 def test_the_reports_classic_phantom_sentence_says_what_its_table_says() -> None:
-    claims = [("meunet-k175 @E175 > unet @own", "-0.133, 95 % CI [-0.295, -0.013]", "fails")]
+    claims = [
+        ("meunet-k175 @E175 > unet @own", "-0.133, 95 % CI [-0.295, -0.013]", "fails"),
+        ("meunet-k150 @E150 > unet @own", "-0.081, [-0.181, +0.020]", "inconclusive"),
+    ]
     _says_what_the_table_says("accuracy_phantom_cpu.md", claims, pairs=6)

@@ -87,7 +87,8 @@ ACCURACY = (
     "U-net at P (hind-gut Dice +0.042, 95 % CI [+0.014, +0.077]) but falls below labelling every "
     "thin tube hind-gut (-0.063, [-0.076, -0.053]), as every network there does. On the classic "
     "phantom, whose cue often lies beyond any window, meU-net k = 1.75 loses to the same-memory "
-    "U-net (hind-gut Dice -0.133, 95 % CI [-0.295, -0.013], 3 seeds on 2 CPU cores). brats4 has "
+    "U-net (hind-gut Dice -0.133, 95 % CI [-0.295, -0.013], 3 seeds on 2 CPU cores) and k = 1.5 "
+    "is inconclusive (-0.081, [-0.181, +0.020]). brats4 has "
     "not finished under its protocol yet."
 )
 
