@@ -131,6 +131,7 @@ def test_the_reports_cascade_sentence_says_what_the_cascade_table_says() -> None
         ("cascade-post @own > meunet-k175 @E175", "+0.023, [+0.002, +0.084]", "holds"),
         ("cascade-post @own > cascade-pre @own", "+0.019, [-0.004, +0.079]", "inconclusive"),
         ("cascade-post @own > cascade-lowres @own", "+0.015, [-0.071, +0.110]", "inconclusive"),
+        ("meunet-k175 @E175 > unet @own", "+0.078, [-0.133, +0.286]", "inconclusive"),
     ]
     _says_what_the_table_says("accuracy_cascade_cpu.md", claims, pairs=6)
 
