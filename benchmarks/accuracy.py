@@ -705,6 +705,19 @@ def bootstrap_ci(diffs: list[tuple[str, float]], seed: int = 0) -> tuple[float, 
     return float(lo), float(hi)
 
 
+def judge(diffs: list[tuple[str, float]]) -> tuple[float, float, float, str]:
+    """Mean, 95 % interval and verdict of paired differences ``(run, difference)``."""
+    lo, hi = bootstrap_ci(diffs)
+    mean = float(np.mean([d for _, d in diffs]))
+    return mean, lo, hi, verdict(lo, hi, len({run for run, _ in diffs}))
+
+
+def _cells(judged: tuple[float, float, float, str], n: int) -> str:
+    """A claim row's last cells: mean difference, 95 % CI, count, verdict."""
+    mean, lo, hi, said = judged
+    return f"{mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {n} | {said} |"
+
+
 def verdict(lo: float, hi: float, runs: int) -> str:
     """'holds' / 'fails' when the interval excludes 0, from at least :data:`MIN_RUNS` trainings.
 
@@ -792,21 +805,15 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
         for c in configs
         if reference and not all("same_as" in r[c] for r in runs.values() if c in r)
     ]
-    judged: dict[str, str] = {}
+    judged: dict[str, tuple[float, float, float, str]] = {}
     for a, wa, b, wb, paper in [*CLAIMS, *uses_context]:
         diffs = paired(runs, a, wa, b, wb, small)
         name = f"{a} @{wa} > {b} @{wb}"
         if len(diffs) < 2:
             lines.append(f"| {name} | {paper} | - | - | {len(diffs)} | not run |")
             continue
-        lo, hi = bootstrap_ci(diffs)
-        mean = float(np.mean([d for _, d in diffs]))
-        judged[name] = (
-            f"{mean:+.3f}, [{lo:+.3f}, {hi:+.3f}], {verdict(lo, hi, len({r for r, _ in diffs}))}"
-        )
-        lines.append(
-            f"| {name} | {paper} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
-        )
+        judged[name] = judge(diffs)
+        lines.append(f"| {name} | {paper} | {_cells(judged[name], len(diffs))}")
     control = [
         c["dice"][small]
         for r in runs.values()
@@ -841,11 +848,8 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
         if len(cues) < 2:
             continue
         diffs = [(run, cue - 0.5) for run, cue in cues]
-        lo, hi = bootstrap_ci(diffs)
-        mean = float(np.mean([d for _, d in diffs]))
-        rows.append(
-            f"| {cfg} | {mean + 0.5:.3f} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
-        )
+        judged = judge(diffs)
+        rows.append(f"| {cfg} | {judged[0] + 0.5:.3f} | {_cells(judged, len(diffs))}")
     pairs = []
     for a, b in CUE_CLAIMS:
         diffs = [
@@ -858,11 +862,7 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
             and np.isfinite(cb.get("cue", math.nan))
         ]
         if len(diffs) >= 2:
-            lo, hi = bootstrap_ci(diffs)
-            mean = float(np.mean([d for _, d in diffs]))
-            pairs.append(
-                f"| {a} > {b} | {mean:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {len(diffs)} | {verdict(lo, hi, len({r for r, _ in diffs}))} |"
-            )
+            pairs.append(f"| {a} > {b} | {_cells(judge(diffs), len(diffs))}")
     if pairs:
         pairs = [
             "",
@@ -890,11 +890,13 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
     ]
 
 
-def learnability(mean: float, cases: int, name: str, against: str | None) -> str:
+def learnability(
+    mean: float, cases: int, name: str, against: tuple[float, float, float, str] | None
+) -> str:
     """The control's line: learnt means >= :data:`LEARNABLE` and above ignoring the context.
 
-    ``against``: the control's claim over :data:`NO_CONTEXT` ("+d, [lo, hi], verdict"),
-    None where the run has no such reference.
+    ``against``: the control's claim over :data:`NO_CONTEXT` (:func:`judge`), None where
+    the run has no such reference.
     """
     head = (
         f"Learnability control: `unet-wide` (training patch covering 2D) reaches {name} Dice "
@@ -904,10 +906,11 @@ def learnability(mean: float, cases: int, name: str, against: str | None) -> str
         ok = mean >= LEARNABLE
         why = f">= {LEARNABLE}" if ok else f"BELOW {LEARNABLE}"
     else:
-        ok = mean >= LEARNABLE and against.endswith("holds")
+        d, lo, hi, said = against
+        ok = mean >= LEARNABLE and said == "holds"
         why = (
             f"{'>=' if mean >= LEARNABLE else 'BELOW'} {LEARNABLE}; against labelling every thin "
-            f"tube {name} ({NO_CONTEXT}): {against}"
+            f"tube {name} ({NO_CONTEXT}): {d:+.3f}, [{lo:+.3f}, {hi:+.3f}], {said}"
         )
     if ok:
         return f"{head} ({why}): the task is learnable at these sizes."
@@ -1191,7 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--report-only", action="store_true",
         help="train, measure and predict nothing: write the report from what the work folder "
-        "and --resume-from hold, naming what is not yet run (safe for previews and merges)",
+        "and --resume-from hold, naming what is not yet run (safe for previews and merges; it "
+        "adds the cue accuracy of predictions on disk to their cached scores)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.report_only and args.jobs > 1:
