@@ -139,16 +139,19 @@ def test_report_only_trains_nothing_and_names_what_is_not_run(
     kept = json.loads(earlier.read_text())["runs"]["context-seed0"]["cascade-post"]
     work, out = tmp_path / "work", tmp_path / "report"
     argv = ["--datasets", "context", "--seeds", "0", "--phantom-shape", "64", "64", "64"]
-    argv += ["--configs", "unet", "cascade-post", "--work", str(work), "--out", str(out)]
+    argv += ["--configs", "unet-wide", "cascade-post", "--work", str(work), "--out", str(out)]
     assert accuracy.main([*argv, "--resume-from", str(earlier), "--report-only"]) == 0
 
     written = json.loads(out.with_suffix(".json").read_text())["runs"]["context-seed0"]
-    assert written["cascade-post"] == kept and "unet" not in written  # nothing trained
+    assert written["cascade-post"] == kept and "unet-wide" not in written  # nothing trained
     run = work / "context-seed0"
     assert sorted(p.name for p in run.iterdir()) == ["bench.json", "data"]
     assert not list(work.glob("memory-*.json"))  # not even the memory measured
-    assert "context-seed0: not finished (not run or time-limited): unet" in capsys.readouterr().err
-    assert "Not yet run: unet (1 of 1 runs)" in out.with_suffix(".md").read_text()
+    assert (
+        "context-seed0: not finished (not run or time-limited): unet-wide"
+        in capsys.readouterr().err
+    )
+    assert "Not yet run: unet-wide (1 of 1 runs)" in out.with_suffix(".md").read_text()
 
 
 def test_a_work_folder_refuses_networks_trained_with_other_settings(
