@@ -150,3 +150,8 @@ def test_the_reports_classic_phantom_sentence_says_what_its_table_says() -> None
         ("meunet-k150 @E150 > unet @own", "-0.081, [-0.181, +0.020]", "inconclusive"),
     ]
     _says_what_the_table_says("accuracy_phantom_cpu.md", claims, pairs=6)
+
+
+def test_the_reports_brats4_sentence_says_what_its_table_says() -> None:
+    claims = [("meunet-k175 @E175 > unet @own", "+0.001, 95 % CI [-0.029, +0.031]", "inconclusive")]
+    _says_what_the_table_says("accuracy_brats4_cpu.md", claims, pairs=4)
