@@ -76,7 +76,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -209,9 +209,13 @@ def _phantom_data(folder: Path, made: dict[str, Any], shape: tuple[int, ...]) ->
     stamp.write_text(json.dumps(made))
 
 
+# (run name, seed, dataset, how its phantom cases were rendered: None for real data)
+RunSpec = tuple[str, int, DatasetSpec, PhantomConfig | None]
+
+
 def phantom_runs(
     size: dict[str, Any], work: Path, seeds: Iterable[int], context: float
-) -> list[tuple[str, int, DatasetSpec]]:
+) -> list[RunSpec]:
     """One fresh phantom dataset per seed: the last two cases test, the one before validates.
 
     Each dataset folder records what it was made with (``bench.json``); a folder made
@@ -234,7 +238,8 @@ def phantom_runs(
     with ProcessPoolExecutor(max(1, min(len(folders), os.cpu_count() or 1))) as pool:
         for done in [pool.submit(_phantom_data, f, made[s], shape) for s, f in folders.items()]:
             done.result()
-    runs = []
+    phantom = PhantomConfig(shape=shape, context_distance=context)  # as make_phantom_dataset's
+    runs: list[RunSpec] = []
     for seed, folder in folders.items():
         spec = load_spec(folder / "dataset.yaml")
         ids = list(spec.cases)
@@ -244,7 +249,7 @@ def phantom_runs(
             "val": (ids[n_train],),
             "test": tuple(ids[n_train + 1 :]),
         }
-        runs.append((f"{kind}-seed{seed}", seed, dataclasses.replace(spec, split=split)))
+        runs.append((f"{kind}-seed{seed}", seed, dataclasses.replace(spec, split=split), phantom))
     return runs
 
 
@@ -273,16 +278,15 @@ def cue_accuracy(prediction: np.ndarray, thin: np.ndarray, label: np.ndarray) ->
     return float(0.5 * (said[hind].mean() + (~said[alike]).mean()))
 
 
-def no_context_case(cfg: PhantomConfig, seed: int, case: int) -> dict[str, Any]:
+def no_context_case(thin: np.ndarray, label: np.ndarray) -> dict[str, Any]:
     """Scores of labelling every thin tube hind-gut in one phantom case (no network).
 
     Thin tubes (the hind-gut and its look-alikes) look the same voxel by voxel; only
     their context (a marker within D, or continuing the mid-gut) tells them apart. This is
     what a segmentation that tells thin tubes from thick ones but ignores that context
     scores: recall 1, precision the hind-gut's share of thin-tube voxels. A network that
-    uses the context must beat it.
+    uses the context must beat it. ``thin``, ``label``: :func:`thin_tubes` of the case.
     """
-    thin, label = thin_tubes(cfg, seed, case)
     true = label == 2
     pred, want = int(thin.sum()), int(true.sum())
     dice = 2 * int((thin & true).sum()) / (pred + want) if pred + want else math.nan
@@ -301,11 +305,11 @@ def add_no_context(runs: list[Experiment]) -> None:
     for run in runs:
         if run.phantom is None or NO_CONTEXT in run.results:
             continue
-        cases = {cid: no_context_case(run.phantom, run.base.seed, _index(cid)) for cid in run.test}
+        cases = {cid: no_context_case(*run.thin_tubes(cid)) for cid in run.test}
         run.results[NO_CONTEXT] = {"windows": {"own": {"window": 0, "cases": cases}}}
 
 
-def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, int, DatasetSpec]]:
+def brats_runs(size: dict[str, Any], work: Path) -> list[RunSpec]:
     spec = load_spec(BRATS)
     factor = size["brats_factor"]
     # gzip NIfTI has no random access: written once to Zarr (downsampled by `factor`)
@@ -313,7 +317,7 @@ def brats_runs(size: dict[str, Any], work: Path) -> list[tuple[str, int, Dataset
     a, b = ("pat0005", "pat0006"), ("pat0003", "pat0004")
     folds = {"brats4-foldA": (a, b), "brats4-foldB": (b, a)}
     return [
-        (name, 0, dataclasses.replace(spec, split={"train": tr, "val": tr, "test": te}))
+        (name, 0, dataclasses.replace(spec, split={"train": tr, "val": tr, "test": te}), None)
         for name, (tr, te) in folds.items()
     ]
 
@@ -461,6 +465,13 @@ class Experiment:
         )
         self._thin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
+    def thin_tubes(self, cid: str) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`thin_tubes` of test case ``cid`` (rendered once per invocation)."""
+        assert self.phantom is not None
+        if cid not in self._thin:
+            self._thin[cid] = thin_tubes(self.phantom, self.base.seed, _index(cid))
+        return self._thin[cid]
+
     def cue(self, config: str, window: int, cid: str) -> float | None:
         """:func:`cue_accuracy` of one network's prediction of one test case, cached in its
         ``.scored`` file; None where it cannot be had (real data, or no prediction on disk:
@@ -473,9 +484,7 @@ class Experiment:
         if "cue" not in cached:
             if not target.exists():
                 return None
-            if cid not in self._thin:
-                self._thin[cid] = thin_tubes(self.phantom, self.base.seed, _index(cid))
-            cached["cue"] = cue_accuracy(open_volume(target)[:, :, :], *self._thin[cid])
+            cached["cue"] = cue_accuracy(open_volume(target)[:, :, :], *self.thin_tubes(cid))
             scored.write_text(json.dumps(cached))
         return cached["cue"]
 
@@ -673,19 +682,32 @@ def network_seconds(results: dict[str, Any]) -> dict[str, float]:
 
 
 def paired(
-    runs: dict[str, Any], a: str, wa: str, b: str, wb: str, cls: int
+    runs: dict[str, Any], a: str, wa: str, b: str, wb: str, score: Callable[[dict], float]
 ) -> list[tuple[str, float]]:
-    """(run, Dice(a) - Dice(b)) for each test case of each run where both were scored."""
+    """(run, score(a) - score(b)) for each test case of each run where both have a score.
+
+    ``score`` reads one case's entry (``lambda c: c["dice"][2]``; NaN where it has none).
+    A network recorded as the same as another (``same_as``) is read through to that one.
+    """
     out = []
     for run, r in runs.items():
         if a not in r or b not in r:
             continue
-        ca, cb = r[a]["windows"][wa]["cases"], r[b]["windows"][wb]["cases"]
+        ca, cb = _cases(r, a, wa), _cases(r, b, wb)
         for cid in ca:
-            da, db = ca[cid]["dice"][cls], cb[cid]["dice"][cls]
+            da, db = score(ca[cid]), score(cb[cid])
             if np.isfinite(da) and np.isfinite(db):
                 out.append((run, da - db))
     return out
+
+
+def _cases(run: dict[str, Any], config: str, window: str) -> dict[str, Any]:
+    """A network's test cases at ``window`` (through ``same_as`` to the network it is)."""
+    return run[run[config].get("same_as", config)]["windows"][window]["cases"]
+
+
+def _cue(case: dict[str, Any]) -> float:
+    return case.get("cue", math.nan)
 
 
 def bootstrap_ci(diffs: list[tuple[str, float]], seed: int = 0) -> tuple[float, float]:
@@ -807,7 +829,7 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     ]
     judged: dict[str, tuple[float, float, float, str]] = {}
     for a, wa, b, wb, paper in [*CLAIMS, *uses_context]:
-        diffs = paired(runs, a, wa, b, wb, small)
+        diffs = paired(runs, a, wa, b, wb, lambda c: c["dice"][small])
         name = f"{a} @{wa} > {b} @{wb}"
         if len(diffs) < 2:
             lines.append(f"| {name} | {paper} | - | - | {len(diffs)} | not run |")
@@ -828,12 +850,6 @@ def dataset_section(kind: str, runs: dict[str, Any], meta: dict[str, Any]) -> li
     return [*lines, ""]
 
 
-def _own_cases(run: dict[str, Any], config: str) -> dict[str, Any]:
-    """A network's test cases at its own window (through ``same_as`` to the network it is)."""
-    entry = run[config]
-    return run[entry.get("same_as", config)]["windows"]["own"]["cases"]
-
-
 def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
     """Does each network read the cue? :func:`cue_accuracy` over the test cases, against 0.5."""
     rows = []
@@ -843,7 +859,7 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
             for run, r in runs.items()
             if cfg in r and "same_as" not in r[cfg]
             for c in r[cfg]["windows"]["own"]["cases"].values()
-            if np.isfinite(c.get("cue", math.nan))
+            if np.isfinite(_cue(c))
         ]
         if len(cues) < 2:
             continue
@@ -852,15 +868,7 @@ def cue_table(runs: dict[str, Any], configs: list[str], name: str) -> list[str]:
         rows.append(f"| {cfg} | {judged[0] + 0.5:.3f} | {_cells(judged, len(diffs))}")
     pairs = []
     for a, b in CUE_CLAIMS:
-        diffs = [
-            (run, ca["cue"] - cb["cue"])
-            for run, r in runs.items()
-            if a in r and b in r
-            for cid, ca in _own_cases(r, a).items()
-            if (cb := _own_cases(r, b).get(cid, {}))
-            and np.isfinite(ca.get("cue", math.nan))
-            and np.isfinite(cb.get("cue", math.nan))
-        ]
+        diffs = paired(runs, a, "own", b, "own", _cue)
         if len(diffs) >= 2:
             pairs.append(f"| {a} > {b} | {_cells(judge(diffs), len(diffs))}")
     if pairs:
@@ -1216,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = Path(args.out or RESULTS / ("accuracy" if args.sizes == "small" else "accuracy_gpu"))
 
     claim_work(work, base, size)
-    specs: list[tuple[str, int, DatasetSpec]] = []
+    specs: list[RunSpec] = []
     seeds = args.seeds or size["seeds"]
     if "context" in datasets:
         specs += phantom_runs(size, work, seeds, size["context"])
@@ -1226,7 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         specs += brats_runs(size, work)
     runs = []
     classes: dict[str, list[str]] = {}
-    for name, seed, spec in specs:
+    for name, seed, spec, phantom in specs:
         key = work / f"memory-{len(spec.channels)}ch-{spec.num_classes}cl.json"
         plan = json.loads(key.read_text()) if key.is_file() else {"bytes": {}}
         # with --jobs each job measures what its configuration needs, while others train
@@ -1239,11 +1247,6 @@ def main(argv: list[str] | None = None) -> int:
                 base, len(spec.channels), spec.num_classes, size["wide_patch"], every
             )
             key.write_text(json.dumps({**plan, "configs": every}))
-        kind = name.split("-")[0]
-        phantom = None
-        if kind in ("context", "phantom"):  # as phantom_runs made them
-            context = size["context"] if kind == "context" else 0.0
-            phantom = PhantomConfig(shape=tuple(size["phantom_shape"]), context_distance=context)
         runs.append(
             Experiment(name, seed, spec, work / name, base, plan, size["wide_patch"], phantom)
         )

@@ -182,7 +182,7 @@ def test_the_no_context_reference_labels_every_thin_tube_and_only_those(
     from meunet.data.phantom import PhantomConfig, phantom_geometry, render_case, tube_map
 
     cfg = PhantomConfig(shape=(64, 64, 64), context_distance=context)
-    got = accuracy.no_context_case(cfg, 2, 0)
+    got = accuracy.no_context_case(*accuracy.thin_tubes(cfg, 2, 0))
     _, label = render_case(cfg, 2, 0)
     ids = tube_map(cfg, 2, 0)
     g = phantom_geometry(cfg, 2, 0)  # a case with thin tubes of both classes
