@@ -498,6 +498,19 @@ class Experiment:
                 if "cue" not in case and (cue := self.cue(config, own["window"], cid)) is not None:
                     case["cue"] = cue
 
+    def unet_is_p(self, plan: dict[str, Any] | None = None) -> bool:
+        """Whether the same-memory U-net's patch, measured in ``plan`` (this run's by default),
+        is P: then ``unet-P`` is that network, recorded as the same (:meth:`same_unet`)."""
+        plan = self.plan if plan is None else plan
+        return "unet" in plan.get("bytes", {}) and plan.get("unet_patch") == self.base.patch
+
+    def same_unet(self, plan: dict[str, Any] | None = None) -> bool:
+        """Record ``unet-P`` as the scored U-net where :meth:`unet_is_p` (not saved)."""
+        if "unet" not in self.results or not self.unet_is_p(plan):
+            return False
+        self.results["unet-P"] = {**self.results["unet"], "same_as": "unet"}
+        return True
+
     def save(self) -> None:
         with atomic_path(self.store) as tmp:
             Path(tmp).write_text(json.dumps(self.results, indent=1))
@@ -595,14 +608,9 @@ class Experiment:
             return False
         if not applies(config, self.name):
             return False
-        if (
-            config == "unet-P"
-            and "unet" in self.plan["bytes"]
-            and self.plan["unet_patch"] == self.base.patch
-        ):
-            if not self.ensure("unet"):  # the same-memory U-net is already the U-net at P
+        if config == "unet-P" and self.unet_is_p():
+            if not self.ensure("unet") or not self.same_unet():
                 return False
-            self.results["unet-P"] = {**self.results["unet"], "same_as": "unet"}
             self.save()
             return True
         t0 = time.perf_counter()
@@ -1027,13 +1035,12 @@ def _same_as_unet(job: Job, work: Path) -> bool:
     """A unet-P job whose run's unet job found the same-memory patch to be P: record it as that."""
     if job.config != "unet-P" or not job.after:
         return False
-    done = False
     plans = [
         json.loads(f.read_text()) for f in (work / "jobs" / job.after[0]).glob("memory-*.json")
     ]
+    done = False
     for run in job.members:
-        if "unet" in run.results and plans and plans[0].get("unet_patch") == run.base.patch:
-            run.results["unet-P"] = {**run.results["unet"], "same_as": "unet"}
+        if plans and run.same_unet(plans[0]):
             run.save()
             done = True
     return done
@@ -1051,7 +1058,7 @@ def _jobs(
                 continue
             if not applies(config, run.name):
                 continue
-            if config == "unet-P" and run.plan.get("unet_patch") == run.base.patch:
+            if config == "unet-P" and run.unet_is_p():
                 continue  # the same-memory U-net is the U-net at P: copied once `unet` is in
             kind = run.name.split("-")[0]
             brats = kind == "brats4"
@@ -1119,8 +1126,8 @@ def run_jobs(
             done = json.loads(store.read_text()) if store.is_file() else {}
             if job.config in done:
                 r.results[job.config] = done[job.config]
-                if job.config == "unet" and r.plan.get("unet_patch") == r.base.patch:
-                    r.results["unet-P"] = {**done[job.config], "same_as": "unet"}
+                if job.config == "unet":
+                    r.same_unet()
                 r.save()
             else:
                 log(f"{job.name}: no scores (see {job.folder / 'log.txt'})")
@@ -1337,9 +1344,8 @@ def main(argv: list[str] | None = None) -> int:
         run.add_cue()
     if args.report_only:
         for run in runs:
-            if "unet-P" in configs and "unet-P" not in run.results and "unet" in run.results:
-                if run.plan.get("unet_patch") == run.base.patch:  # as `ensure` would record it
-                    run.results["unet-P"] = {**run.results["unet"], "same_as": "unet"}
+            if "unet-P" in configs and "unet-P" not in run.results:
+                run.same_unet()  # as `ensure` would record it
             missing = [
                 c for c in configs if applies(c, run.name) and not run.ensure(c, cached_only=True)
             ]

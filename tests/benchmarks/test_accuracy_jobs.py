@@ -31,6 +31,8 @@ def _run(accuracy: Any, folder: Path, results: dict[str, Any] | None = None) -> 
         plan={"bytes": {}}, store=folder / "scores.json",
     )  # fmt: skip
     run.save = lambda: run.store.write_text(json.dumps(run.results))
+    for method in ("unet_is_p", "same_unet"):  # the real rule of when unet-P is the U-net
+        setattr(run, method, getattr(accuracy.Experiment, method).__get__(run))
     return run
 
 
@@ -70,13 +72,16 @@ def test_a_cascade_job_adopts_its_runs_meunets_and_no_lock(accuracy: Any, tmp_pa
     assert not list(post.rglob("*.lock"))
 
 
-@pytest.mark.parametrize(("unet_patch", "skipped"), [(32, True), (48, False)])
+@pytest.mark.parametrize(
+    ("unet_patch", "measured", "skipped"), [(32, True, True), (48, True, False), (32, False, False)]
+)
 def test_a_unet_p_job_is_skipped_only_when_the_same_memory_patch_is_p(
-    accuracy: Any, tmp_path: Path, unet_patch: int, skipped: bool
+    accuracy: Any, tmp_path: Path, unet_patch: int, measured: bool, skipped: bool
 ) -> None:
     unet_job = tmp_path / "jobs" / "context-seed0-unet"
     unet_job.mkdir(parents=True)
-    (unet_job / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": unet_patch}))
+    plan = {"unet_patch": unet_patch, "bytes": {"unet": 1 << 20} if measured else {}}
+    (unet_job / "memory-1ch-3cl.json").write_text(json.dumps(plan))
     run = _run(accuracy, tmp_path, {"unet": {"windows": {}, "patch": unet_patch}})
     job = accuracy.Job(
         "context-seed0-unet-P", [], tmp_path / "p", [run], "unet-P", ("context-seed0-unet",)
@@ -287,7 +292,7 @@ def test_report_only_names_unet_p_the_unet_where_the_plan_makes_them_one(
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     work, out = tmp_path / "work", tmp_path / "report"
     work.mkdir()
-    (work / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": 32, "bytes": {}}))
+    (work / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": 32, "bytes": {"unet": 1 << 20}}))
     argv = ["--datasets", "context", "--seeds", "0", "--phantom-shape", "64", "64", "64"]
     argv += ["--configs", "unet", "unet-P", "--work", str(work), "--out", str(out)]
     argv += ["--resume-from", str(tmp_path / "earlier.json"), "--report-only"]
