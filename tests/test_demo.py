@@ -42,6 +42,7 @@ def test_demo_writes_a_report_with_tables_and_pictures(demo: Path) -> None:
     text = (demo / "report.md").read_text()
     assert "| case_002 | hind-gut |" in text  # the per-case evaluation table
     assert "brightness only" in text and "stage 1 alone: meunet-k175" in text
+    assert re.search(r"\(what `make demo` runs\) on \S.* CPU, \d+ torch threads", text)  # hardware
     # every picture the report shows exists
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(images) == 4  # three training curves and one overlay (one test case)

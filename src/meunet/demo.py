@@ -234,6 +234,13 @@ def _mean(results: dict[str, Any], c: int) -> float:
     return float(np.mean([scores[c].dice for scores in results.values()]))
 
 
+def _hardware(device: str) -> str:
+    """What the demo ran on, by its hardware: the GPU's name, or the CPU's."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine() or 'an unnamed'} CPU"
+
+
 def _write_report(
     out: Path,
     spec: DatasetSpec,
@@ -254,7 +261,7 @@ def _write_report(
     lines = [
         "# meunet demo report",
         "",
-        f"Made by `meunet demo --out {out}` (what `make demo` runs) on {platform.node() or 'this machine'}, "
+        f"Made by `meunet demo --out {out}` (what `make demo` runs) on {_hardware(cfg.device)}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
         f"**Result:** on the held-out test case(s) the cascade reaches {small} Dice "

@@ -292,7 +292,9 @@ def test_report_only_names_unet_p_the_unet_where_the_plan_makes_them_one(
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     work, out = tmp_path / "work", tmp_path / "report"
     work.mkdir()
-    (work / "memory-1ch-3cl.json").write_text(json.dumps({"unet_patch": 32, "bytes": {"unet": 1 << 20}}))
+    (work / "memory-1ch-3cl.json").write_text(
+        json.dumps({"unet_patch": 32, "bytes": {"unet": 1 << 20}})
+    )
     argv = ["--datasets", "context", "--seeds", "0", "--phantom-shape", "64", "64", "64"]
     argv += ["--configs", "unet", "unet-P", "--work", str(work), "--out", str(out)]
     argv += ["--resume-from", str(tmp_path / "earlier.json"), "--report-only"]
