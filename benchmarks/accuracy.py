@@ -33,8 +33,10 @@ This benchmark answers it under one protocol:
   is measured from each network's predictions at its own window, against 0.5.
 - **Datasets.** ``context``: the phantom whose thin tubes are hind-gut within
   D voxels of a bright marker and background within D of a dark one, with
-  P/2 < D < E/2 (a window of P centred on a voxel cannot see the cue, one of E
-  can); ``phantom``: the classic phantom;
+  P/2 < D < E/2, so that a window of E centred on a voxel always holds its
+  deciding marker. D bounds the cue's distance but does not set it: a centred
+  window of P holds it too for most thin-tube voxels (``cue_visibility.py``);
+  ``phantom``: the classic phantom;
   ``brats4``: four BRATS volumes, 2 train / 2 test both ways.
 - **Statistics.** Paired differences over (seed, test case), 3 seeds (fresh
   data and initialisation each) x 2 test cases; a 95 % bootstrap confidence

@@ -26,8 +26,9 @@ voxel of a thin tube is 2 iff a bright marker's centre (a whole voxel) lies
 within D of it (Euclidean), and 0 iff a dark one does; thin tubes are cut
 away wherever neither holds with a margin (no marker within D, or one of the
 other kind within 1.5 D, ``context_margin``). So both classes have a visible
-cue, never a near call: telling them apart needs a view of about D around a
-voxel. The mid-gut is 1, the thick distractor and the markers 0. Markers are
+cue, never a near call: telling them apart needs a view of up to D around a
+voxel (markers sit within D/2 of the centrelines, so the deciding one is
+often nearer). The mid-gut is 1, the thick distractor and the markers 0. Markers are
 placed so that the two classes are about even. ``context_distance=0`` (the
 default) renders the classic phantom byte for byte.
 
