@@ -15,7 +15,9 @@ what each of its windows can see:
   gives the voxels near a window's centre);
 - **placed**: the share of (voxel, window) pairs, over every window of W inside
   the volume that contains the voxel, that also contain the marker's centre
-  (what a training patch placed at random around a labelled voxel shows).
+  (what a training patch placed at random around a labelled voxel shows;
+  meunet's sampler puts patches on a grid of step P/2, which, over voxels at
+  every offset from the grid, comes to the same away from the volume's faces).
 
 A marker's centre in view is the criterion: with a radius of a few voxels, a
 marker can show its rim while its centre is outside, so both shares are lower
