@@ -19,6 +19,10 @@ what each of its windows can see:
   meunet's sampler puts patches on a grid of step P/2, which, over voxels at
   every offset from the grid, comes to the same away from the volume's faces).
 
+- **misled**: the share of thin-tube voxels whose centred window also holds a
+  marker of the other kind (beyond 1.5 D by the label rule, so telling the
+  classes apart there takes judging the distance, not only spotting a marker).
+
 A marker's centre in view is the criterion: with a radius of a few voxels, a
 marker can show its rim while its centre is outside, so both shares are lower
 bounds on seeing part of it. Nothing is trained; the cases are rendered from
@@ -44,26 +48,31 @@ from scipy.spatial import cKDTree
 from meunet.data.phantom import PhantomConfig, phantom_geometry
 
 
-def deciding_offsets(cfg: PhantomConfig, seed: int, case: int) -> tuple[np.ndarray, np.ndarray]:
-    """Thin-tube voxels (n, 3) of one context-phantom case, and the offset (n, 3) from each
-    to the centre of the marker that decides its label: the nearest bright one for a
-    hind-gut voxel, the nearest dark one for a look-alike's."""
+def deciding_offsets(
+    cfg: PhantomConfig, seed: int, case: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin-tube voxels (n, 3) of one context-phantom case; the offset (n, 3) from each to
+    the centre of the marker that decides its label (the nearest bright one for a hind-gut
+    voxel, the nearest dark one for a look-alike's); and the offset (n, 3) to the nearest
+    marker of the other kind (inf where the case has none)."""
     thin, label = thin_tubes(cfg, seed, case)
     g = phantom_geometry(cfg, seed, case)
-    voxels, offsets = [], []
+    voxels, offsets, others = [], [], []
     for hind in (True, False):
         idx = np.argwhere(thin & ((label == 2) == hind))
-        centres = g.markers[g.cues == hind]
+        centres, other = g.markers[g.cues == hind], g.markers[g.cues != hind]
         if not len(idx):
             continue
         if not len(centres):
             raise ValueError(f"seed {seed}, case {case}: thin tubes labelled without a marker")
-        _, nearest = cKDTree(centres).query(idx)
         voxels.append(idx)
-        offsets.append(centres[nearest] - idx)
+        offsets.append(centres[cKDTree(centres).query(idx)[1]] - idx)
+        others.append(
+            other[cKDTree(other).query(idx)[1]] - idx if len(other) else np.full(idx.shape, np.inf)
+        )
     if not voxels:
-        return np.empty((0, 3), int), np.empty((0, 3))
-    return np.concatenate(voxels), np.concatenate(offsets)
+        return np.empty((0, 3), int), np.empty((0, 3)), np.empty((0, 3))
+    return np.concatenate(voxels), np.concatenate(offsets), np.concatenate(others)
 
 
 def centred_share(offsets: np.ndarray, window: int) -> np.ndarray:
@@ -103,15 +112,17 @@ def measure(sizes: str, seeds: list[int]) -> dict[str, Any]:
     named[f"control = {size['wide_patch']}"] = size["wide_patch"]
     cases = size.get("cases", 8)
     found: dict[str, list[float]] = {"distance": []}
-    found |= {f"centred {n}": [] for n in named} | {f"placed {n}": [] for n in named}
+    for what in ("centred", "placed", "misled"):
+        found |= {f"{what} {n}": [] for n in named}
     voxels_n = 0
     for seed in seeds:
         for case in (cases - 2, cases - 1):  # the benchmark's test cases
-            voxels, offsets = deciding_offsets(cfg, seed, case)
+            voxels, offsets, others = deciding_offsets(cfg, seed, case)
             voxels_n += len(voxels)
             found["distance"] += list(np.linalg.norm(offsets, axis=1) / d)
             for name, w in named.items():
                 found[f"centred {name}"] += list(centred_share(offsets, w))
+                found[f"misled {name}"] += list(centred_share(others, w))
                 found[f"placed {name}"] += list(placed_share(voxels, offsets, w, shape))
     dist = np.asarray(found.pop("distance"))
     return {
@@ -119,8 +130,8 @@ def measure(sizes: str, seeds: list[int]) -> dict[str, Any]:
         "cases": [cases - 2, cases - 1], "voxels": voxels_n,
         "distance_over_D": {q: float(np.percentile(dist, p)) for q, p in
                             (("p10", 10), ("median", 50), ("p90", 90), ("max", 100))},
-        "windows": {n: {"window": w, "centred": float(np.mean(found[f"centred {n}"])),
-                        "placed": float(np.mean(found[f"placed {n}"]))}
+        "windows": {n: {"window": w, **{m: float(np.mean(found[f"{m} {n}"]))
+                                         for m in ("centred", "placed", "misled")}}
                     for n, w in named.items()},
     }  # fmt: skip
 
@@ -145,12 +156,16 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         )
     lines += [
         "",
-        "| sizes | window | centred: its marker in view | placed at random: its marker in view |",
-        "|---|---|---|---|",
+        "| sizes | window | centred: its marker in view | placed at random: its marker in view "
+        "| centred: a marker of the other kind in view |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
         for name, w in r["windows"].items():
-            lines.append(f"| {r['sizes']} | {name} | {w['centred']:.2f} | {w['placed']:.2f} |")
+            lines.append(
+                f"| {r['sizes']} | {name} | {w['centred']:.2f} | {w['placed']:.2f} "
+                f"| {w['misled']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

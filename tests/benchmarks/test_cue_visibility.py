@@ -66,7 +66,7 @@ def test_centred_share_is_the_window_around_the_voxel(cv: Any) -> None:
 
 def test_each_thin_voxel_is_decided_by_a_marker_of_its_own_kind_within_d(cv: Any) -> None:
     cfg = cv.PhantomConfig(shape=(128, 96, 96), context_distance=22.0)
-    voxels, offsets = cv.deciding_offsets(cfg, 0, 14)
+    voxels, offsets, others = cv.deciding_offsets(cfg, 0, 14)
     thin, label = cv.thin_tubes(cfg, 0, 14)
     assert len(voxels) == thin.sum() > 1000
     g = cv.phantom_geometry(cfg, 0, 14)
@@ -76,3 +76,6 @@ def test_each_thin_voxel_is_decided_by_a_marker_of_its_own_kind_within_d(cv: Any
     said = np.array([kind[tuple(c)] for c in voxels + offsets])  # the marker is a real one
     assert np.array_equal(said, hind)  # bright for hind-gut, dark for the look-alikes
     assert np.all(np.linalg.norm(offsets, axis=1) <= 22.0)
+    other = np.array([kind[tuple(c)] for c in voxels + others])
+    assert np.array_equal(other, ~hind)  # the nearest of the other kind ...
+    assert np.all(np.linalg.norm(others, axis=1) > 1.5 * 22.0)  # ... beyond the rule's margin
