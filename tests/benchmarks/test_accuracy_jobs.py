@@ -140,8 +140,11 @@ def test_records_without_networks_split_a_cascade_by_the_runs_meunet_rows(accura
 def test_report_only_trains_nothing_and_names_what_is_not_run(
     accuracy: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    earlier = ROOT / "benchmarks/results/accuracy_cascade_cpu.json"
-    kept = json.loads(earlier.read_text())["runs"]["context-seed0"]["cascade-post"]
+    table = json.loads((ROOT / "benchmarks/results/accuracy_cascade_cpu.json").read_text())
+    kept = table["runs"]["context-seed0"]["cascade-post"]
+    table["runs"] = {"context-seed0": {"cascade-post": kept}}  # an earlier run without the control
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(table))
     work, out = tmp_path / "work", tmp_path / "report"
     argv = ["--datasets", "context", "--seeds", "0", "--phantom-shape", "64", "64", "64"]
     argv += ["--configs", "unet-wide", "cascade-post", "--work", str(work), "--out", str(out)]
