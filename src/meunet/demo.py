@@ -91,8 +91,8 @@ ACCURACY = (
     "meU-net k = 1.75 loses to the same-memory U-net (hind-gut Dice -0.133, 95 % CI [-0.295, "
     "-0.013], 3 seeds on 2 CPU cores) and k = 1.5 is inconclusive (-0.081, [-0.181, +0.020]). On "
     "brats4 (two folds on 2 CPU cores) meU-net k = 1.75 against the same-memory U-net is "
-    "inconclusive (tumour core Dice +0.001, 95 % CI [-0.029, +0.031]); its k = 1.5 is still "
-    "training."
+    "inconclusive (tumour core Dice +0.001, 95 % CI [-0.029, +0.031]); its k = 1.5 has finished "
+    "one fold of two."
 )
 
 
