@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from meunet.device import device_name
 from meunet.memory import MemoryConfig, measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -189,9 +189,8 @@ def run(args: argparse.Namespace) -> str:
 def _device_name(device: str) -> str:
     import torch
 
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = device_name(device)
+    return name if device.startswith("cuda") else f"{name}, {torch.get_num_threads()} threads"
 
 
 def _torch_version() -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -180,6 +179,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from inference import _ensure_data  # the same phantom case as the inference tables
     from meunet.data.io import open_volume
+    from meunet.device import device_name
     from meunet.inference.stream import predict_volume
     from meunet.models import create_model
 
@@ -203,11 +203,7 @@ def main() -> int:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
         result = analyse(json.loads(trace.read_text()))
-    card = (
-        torch.cuda.get_device_name()
-        if cuda
-        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    )
+    card = device_name(args.device) + ("" if cuda else f", {torch.get_num_threads()} threads")
     shape = " x ".join(map(str, args.shape))
     setup = (
         f"Made by `python benchmarks/profile_predict.py --device {args.device} --batch {args.batch}` on "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from meunet.data.io.ownership import OutputLock, make_folder
 from meunet.data.patch_size import format_patch
 from meunet.data.phantom import PhantomConfig, make_phantom_dataset
 from meunet.data.spec import DatasetSpec, load_spec
+from meunet.device import device_name
 from meunet.errors import MeunetError
 from meunet.training.config import TrainConfig
 from meunet.training.run import CascadeRun
@@ -234,13 +234,6 @@ def _mean(results: dict[str, Any], c: int) -> float:
     return float(np.mean([scores[c].dice for scores in results.values()]))
 
 
-def _hardware(device: str) -> str:
-    """What the demo ran on, by its hardware: the GPU's name, or the CPU's."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine() or 'an unnamed'} CPU"
-
-
 def _write_report(
     out: Path,
     spec: DatasetSpec,
@@ -261,7 +254,7 @@ def _write_report(
     lines = [
         "# meunet demo report",
         "",
-        f"Made by `meunet demo --out {out}` (what `make demo` runs) on {_hardware(cfg.device)}, "
+        f"Made by `meunet demo --out {out}` (what `make demo` runs) on {device_name(cfg.device)}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
         f"**Result:** on the held-out test case(s) the cascade reaches {small} Dice "

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from meunet.errors import MeunetError
+
+
+def device_name(name: str) -> str:
+    """The hardware a ``device`` setting runs on, for reports: the GPU's name, else the CPU's
+    architecture (``"x86_64 CPU"``)."""
+    if name.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(name))
+    return f"{platform.machine() or 'unnamed'} CPU"
 
 
 def resolve_device(name: str) -> torch.device:
